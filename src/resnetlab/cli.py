@@ -1,0 +1,75 @@
+"""The `resnetlab` command line: thin parsing over the library.
+
+Each subcommand lives in ``resnetlab/commands/<name>.py`` and exposes ``add_parser(subparsers)``
+(which must call ``parser.set_defaults(run=<function taking args>)``). Commands are listed here so
+the order of ``--help`` reads the way a person learns the tool.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from resnetlab import __version__
+from resnetlab.errors import ResnetlabError
+
+COMMANDS = [
+    "data",
+    "models",
+    "train",
+    "evaluate",
+    "compare",
+    "finetune",
+    "predict",
+    "export",
+    "serve",
+    "experiment",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="resnetlab",
+        description="Train, fine-tune and evaluate residual networks on CIFAR-10/100 and your own image folders.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Run 'resnetlab COMMAND --help' for the options of one command.",
+    )
+    parser.add_argument("--version", action="version", version=f"resnetlab {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="print debug logging")
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"resnetlab.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"resnetlab.commands.{name}":
+                continue  # command not built yet
+            raise
+        module.add_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(message)s",
+    )
+    if not hasattr(args, "run"):
+        parser.print_help()
+        return 2
+    try:
+        result = args.run(args)
+    except ResnetlabError as exc:
+        print(f"resnetlab: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("resnetlab: interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

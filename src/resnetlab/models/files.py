@@ -1,0 +1,101 @@
+"""The resnetlab model file: weights as safetensors plus a JSON sidecar of metadata.
+
+``model.safetensors`` holds only tensors (no pickle, nothing executes on load);
+``model.json`` holds the :class:`ModelMeta` (architecture name and options, class names,
+normalization, input size) plus free-form ``extra`` (accuracies, provenance).
+This is the format ``train`` writes and ``evaluate``/``predict``/``export``/``serve``/``finetune`` read.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file, save as safetensors_save
+
+from resnetlab.errors import CheckpointError
+from resnetlab.models.registry import ModelMeta, create_model
+from resnetlab.utils.atomic import atomic_write_bytes, atomic_write_text
+
+FORMAT_VERSION = 1
+WEIGHTS_NAME = "model.safetensors"
+META_NAME = "model.json"
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain model inside DDP / torch.compile wrappers (checkpoints are saved from it)."""
+    while True:
+        if hasattr(model, "module") and isinstance(model.module, nn.Module):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def save_model_file(model: nn.Module, path: str | Path, extra: dict | None = None) -> Path:
+    """Write ``model`` to ``path`` (a ``.safetensors`` file; the ``.json`` sidecar goes beside it).
+
+    Returns the weights path. Both files are written atomically; the JSON (written last) is the
+    completeness marker a loader checks.
+    """
+    model = unwrap(model)
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        path = path / WEIGHTS_NAME
+    meta: ModelMeta = model.meta
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    for key, value in state.items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise CheckpointError(f"refusing to write {path}: tensor {key!r} has non-finite values")
+    atomic_write_bytes(path, safetensors_save(state, metadata={"format": "resnetlab", "version": str(FORMAT_VERSION)}))
+    sidecar = {"format": "resnetlab-model", "format_version": FORMAT_VERSION, "weights": path.name, "meta": meta.to_dict(), "extra": extra or {}}
+    atomic_write_text(path.with_suffix(".json"), json.dumps(sidecar, indent=2))
+    return path
+
+
+def resolve_model_path(path: str | Path) -> Path:
+    """Accept a run directory, a ``.safetensors`` file or its ``.json`` sidecar."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / WEIGHTS_NAME
+    elif path.suffix == ".json":
+        path = path.with_suffix(".safetensors")
+    if not path.exists():
+        raise CheckpointError(f"model file not found: {path} (expected a run directory or a .safetensors model file)")
+    if not path.with_suffix(".json").exists():
+        raise CheckpointError(f"{path}: metadata {path.with_suffix('.json').name} is missing, so the model file is incomplete")
+    return path
+
+
+def read_model_info(path: str | Path) -> dict:
+    """The parsed JSON sidecar of a model file."""
+    path = resolve_model_path(path)
+    try:
+        info = json.loads(path.with_suffix(".json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path.with_suffix('.json')}: unreadable model metadata ({exc})") from exc
+    if info.get("format") != "resnetlab-model":
+        raise CheckpointError(f"{path.with_suffix('.json')}: not a resnetlab model metadata file")
+    return info
+
+
+def load_model_file(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild the architecture from the metadata and load the weights (strict)."""
+    path = resolve_model_path(path)
+    info = read_model_info(path)
+    meta = ModelMeta.from_dict(info["meta"])
+    try:
+        state = load_file(str(path), device=str(map_location))
+    except Exception as exc:  # safetensors raises its own error types for truncated/corrupt files
+        raise CheckpointError(f"{path}: corrupt or truncated weights file ({exc})") from exc
+    model = create_model(meta.name, num_classes=meta.num_classes, **meta.options)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not match architecture {meta.name!r}: {exc}") from exc
+    model.meta = meta
+    model.extra = info.get("extra", {})
+    return model.to(map_location)
