@@ -99,3 +99,42 @@ def load_model_file(path: str | Path, map_location: str | torch.device = "cpu") 
     model.meta = meta
     model.extra = info.get("extra", {})
     return model.to(map_location)
+
+
+CHECKPOINT_KIND = "resnetlab-checkpoint"
+
+
+def load_checkpoint_dict(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Read a training checkpoint (a plain dict) with ``weights_only=True``: no code can run.
+
+    Checkpoints are written by ``resnetlab.engine.checkpoint``; they hold at least
+    ``kind``, ``format_version``, ``model`` (state dict of the unwrapped model) and ``meta``
+    (``ModelMeta.to_dict()``), plus optimizer/scheduler/RNG state for resuming.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # UnpicklingError for unsafe payloads, RuntimeError/EOFError for truncation
+        raise CheckpointError(f"{path}: refused to load checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
+    if not isinstance(checkpoint, dict) or checkpoint.get("kind") != CHECKPOINT_KIND:
+        raise CheckpointError(f"{path}: not a resnetlab checkpoint")
+    return checkpoint
+
+
+def load_trained_model(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
+    """A model from a run directory, a ``.safetensors`` model file or a ``.pt`` training checkpoint."""
+    path = Path(path)
+    if path.suffix in (".pt", ".pth"):
+        checkpoint = load_checkpoint_dict(path, map_location)
+        meta = ModelMeta.from_dict(checkpoint["meta"])
+        model = create_model(meta.name, num_classes=meta.num_classes, **meta.options)
+        try:
+            model.load_state_dict(checkpoint["model"], strict=True)
+        except RuntimeError as exc:
+            raise CheckpointError(f"{path}: weights do not match architecture {meta.name!r}: {exc}") from exc
+        model.meta = meta
+        model.extra = {}
+        return model.to(map_location)
+    return load_model_file(path, map_location)
