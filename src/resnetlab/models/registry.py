@@ -132,6 +132,10 @@ def create_model(name: str, num_classes: int = 10, **options) -> nn.Module:
         classifier=entry.classifier,
         options=dict(options),
     )
+    # A builder may correct its entry's metadata for the options it was given
+    # (e.g. resnet18 with cifar_stem=True takes 32x32 inputs, not 224x224).
+    for key, value in getattr(model, "meta_overrides", {}).items():
+        setattr(model.meta, key, value)
     return model
 
 
