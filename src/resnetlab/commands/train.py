@@ -1,0 +1,143 @@
+"""``resnetlab train``: parse options into a TrainConfig and call ``resnetlab.engine.train``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from resnetlab.errors import ConfigError
+
+EPILOG = """\
+examples:
+  resnetlab train --recipe recipes/resnet20-he2016.yaml --data cifar10
+  resnetlab train --model resnet20 --data cifar10 --epochs 3 --set optim.lr=0.05 --set augment.flip=false
+  resnetlab train --recipe recipes/cnn-baseline.yaml --data ./my-images --seeds 1,2,3
+  resnetlab train --resume runs/resnet20-20260101-120000
+  torchrun --nproc_per_node=2 -m resnetlab train --recipe recipes/resnet20-he2016.yaml --data cifar10
+
+Multi-node: torchrun --nnodes=N --node_rank=R --nproc_per_node=K --rdzv_backend=c10d
+  --rdzv_endpoint=HOST:PORT -m resnetlab train ...   (--batch-size is the global batch)
+
+SIGTERM/SIGINT save a checkpoint at the next step and exit 143/130; continue with --resume.
+"""
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train a model and write a run directory",
+        description="Train a model on CIFAR-10/100 or an image folder. Options override the recipe; "
+        "the resolved config is written to RUN_DIR/config.yaml.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model", help="model name (see 'resnetlab models'); default: the recipe's, else resnet20")
+    p.add_argument("--data", help="cifar10, cifar100, an archive, or an image folder; default: the recipe's, else cifar10")
+    p.add_argument("--recipe", help="YAML recipe file (see recipes/); default: built-in defaults")
+    p.add_argument("--epochs", type=int, help="train for N epochs (replaces the recipe's max_steps)")
+    p.add_argument("--max-steps", type=int, help="train for N optimizer steps instead of epochs")
+    p.add_argument("--batch-size", type=int, help="global batch size (default: recipe's, else 128)")
+    p.add_argument("--lr", type=float, help="base learning rate (default: recipe's, else 0.1)")
+    p.add_argument("--run-dir", help="run directory (default: runs/<model>-<date>-<time>)")
+    p.add_argument("--name", help="run name used for the default run directory")
+    p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: auto)")
+    p.add_argument("--seed", type=int, help="random seed (default: 0)")
+    p.add_argument("--seeds", help="comma-separated seeds: run each into RUN_DIR/seed-N and write seeds.json")
+    p.add_argument("--limit-train", type=int, help="train on the first N images of a stratified shuffle")
+    p.add_argument("--val-size", type=float, help="validation images held out of train: a count, or a fraction < 1 (default: 5000)")
+    p.add_argument("--data-dir", help="where cifar10/cifar100 archives are found or downloaded")
+    p.add_argument("--image-size", type=int, help="resize image-folder images to this square size")
+    p.add_argument("--skip-bad", action="store_true", default=None, help="skip unreadable images instead of failing")
+    p.add_argument("--tta", action="store_true", default=None, help="test-time augmentation in the final evaluation")
+    p.add_argument("--log-grad-norms", help="comma-separated steps at which to record per-layer grad norms (grad_norms.jsonl)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its newest intact checkpoint")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key, YAML-typed (e.g. --set optim.nesterov=true); repeatable")
+    p.set_defaults(run=run)
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict:
+    """Explicit flags as dotted config overrides; ``--set`` comes last and wins."""
+    from resnetlab.config import parse_set
+
+    flags = {
+        "model.name": args.model,
+        "data.spec": args.data,
+        "batch_size": args.batch_size,
+        "optim.lr": args.lr,
+        "run_dir": args.run_dir,
+        "name": args.name,
+        "device": args.device,
+        "seed": args.seed,
+        "data.limit_train": args.limit_train,
+        "data.data_dir": args.data_dir,
+        "data.image_size": args.image_size,
+        "data.skip_bad": args.skip_bad,
+        "tta": args.tta,
+    }
+    overrides = {k: v for k, v in flags.items() if v is not None}
+    if args.val_size is not None:
+        overrides["data.val_size"] = int(args.val_size) if args.val_size >= 1 else args.val_size
+    if args.epochs is not None:
+        overrides["epochs"] = args.epochs
+        overrides["max_steps"] = None  # an explicit --epochs replaces a recipe's step budget
+    if args.max_steps is not None:
+        overrides["max_steps"] = args.max_steps
+    if args.log_grad_norms:
+        overrides["log_grad_norms"] = _int_list(args.log_grad_norms, "--log-grad-norms")
+    overrides.update(parse_set(args.set))
+    return overrides
+
+
+def run(args: argparse.Namespace) -> int:
+    from resnetlab.config import build_config, load_recipe
+    from resnetlab.engine.signals import TrainingInterrupted
+
+    if os.environ.get("RANK", "0") != "0":
+        logging.getLogger().setLevel(logging.WARNING)  # rank 0 alone talks
+    overrides = overrides_from_args(args)
+    try:
+        if args.resume:
+            if args.seeds or args.recipe:
+                raise ConfigError("--resume continues a run with its own config.yaml: do not combine it with --recipe or --seeds")
+            saved = Path(args.resume) / "config.yaml"
+            if not saved.exists():
+                raise ConfigError(f"--resume {args.resume}: no config.yaml there (not a run directory)")
+            data = load_recipe(saved)
+            data.setdefault("debug", {})["stop_after_steps"] = None  # a test hook applies to one invocation only
+            overrides["run_dir"] = str(args.resume)
+            config = build_config(data, overrides)
+            return _train(config, resume_from=args.resume)
+        config = build_config(args.recipe, overrides)
+        if args.seeds:
+            from resnetlab.engine.seeds import train_seeds
+
+            report = train_seeds(config, _int_list(args.seeds, "--seeds"))
+            final = report["final_acc"]
+            print(f"seeds {report['seeds']}: {report['metric']} mean {final['mean']} std {final['std']} "
+                  f"95% CI [{final['ci_low']}, {final['ci_high']}]")
+            return 0
+        return _train(config)
+    except TrainingInterrupted as exc:
+        print(f"resnetlab: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+def _train(config, resume_from=None) -> int:
+    from resnetlab.config import write_config
+    from resnetlab.engine import train
+
+    if resume_from is not None and os.environ.get("RANK", "0") == "0":
+        write_config(config, Path(resume_from) / "config.yaml")  # overrides given with --resume are recorded
+    train(config, resume_from=resume_from)
+    return 0
+
+
+def _int_list(text: str, option: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError as exc:
+        raise ConfigError(f"{option} {text!r}: expected comma-separated integers") from exc

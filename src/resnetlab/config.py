@@ -1,0 +1,315 @@
+"""Training configuration: typed dataclasses, YAML recipes, command-line overrides.
+
+A run's config is built in three layers, later layers winning: the dataclass defaults, a YAML
+recipe (``recipes/*.yaml``), then overrides (explicit CLI flags and ``--set key.sub=value``).
+The resolved config is written as ``config.yaml`` into every run directory, and ``--resume``
+reads it back, so a run can always be repeated from its directory alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from resnetlab.data.augment import AugmentConfig
+from resnetlab.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    spec: str = "cifar10"  # cifar10, cifar100, an archive or folder path (see CLI.md)
+    data_dir: str | None = None  # where cifar10/cifar100 archives are found or downloaded
+    image_size: int | None = None  # resize image folders to this square size
+    val_size: int | float | None = 5000  # images held out of train for validation (count or fraction)
+    split_seed: int = 0  # fixed across --seeds so every seed is judged on the same validation set
+    limit_train: int | None = None  # train on the first N images of a stratified shuffle
+    skip_bad: bool = False  # skip unreadable images instead of failing
+    class_balance: str = "none"  # none | weighted-loss | sampler (for imbalanced image folders)
+
+
+@dataclass
+class ModelConfig:
+    name: str = "resnet20"
+    options: dict = field(default_factory=dict)  # **options passed to create_model
+    channels_last: bool = False  # NHWC memory format (faster convolutions on recent GPUs)
+    compile: bool = False  # torch.compile the model
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"  # sgd | adam | adamw
+    lr: float = 0.1  # base learning rate (for the global batch)
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 1e-4
+    no_decay_bn_bias: bool = False  # exclude BatchNorm weights and biases from weight decay
+    betas: tuple[float, float] = (0.9, 0.999)  # adam/adamw
+    eps: float = 1e-8  # adam/adamw
+    label_smoothing: float = 0.0  # Szegedy et al. 2016
+    grad_clip: float | None = None  # max global L2 norm of the gradient
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "multistep"  # constant | step | multistep | cosine | onecycle
+    unit: str = "epochs"  # unit of milestones, step_size and warmup: epochs | steps
+    milestones: list[float] = field(default_factory=list)  # multistep: multiply lr by gamma at each
+    step_size: float = 30  # step: multiply lr by gamma every step_size units
+    gamma: float = 0.1
+    warmup: float = 0  # linear warm-up length (Goyal et al. 2017), in `unit`
+    warmup_start_factor: float = 0.0  # warm-up starts at base_lr * this factor
+    min_lr: float = 0.0  # cosine: final lr
+    pct_start: float = 0.25  # onecycle: fraction of training spent increasing the lr
+    div_factor: float = 25.0  # onecycle: start lr = lr / div_factor
+    final_div_factor: float = 1e4  # onecycle: final lr = start lr / final_div_factor
+    # He et al. 2016, Sec. 4.2 (ResNet-110): "we use 0.01 to warm up the training until the
+    # training error is below 80% (about 400 iterations), and then go back to 0.1". The switch is
+    # triggered by the measured running training error, not a fixed step count.
+    warmup_until_train_error: float | None = None  # e.g. 0.8; None disables
+    warmup_lr: float = 0.01
+    warmup_window: int = 50  # steps over which the running training error is measured
+
+
+@dataclass
+class DebugConfig:
+    """Test hooks (deterministic stops and fault injection); never needed for real training."""
+
+    stop_after_steps: int | None = None  # save a checkpoint and stop (exit 0) after this global step
+    nan_at_step: int | None = None  # make the loss at this global step NaN
+    skip_rng_restore: list[str] = field(default_factory=list)  # resume without these RNG states (negative control)
+
+
+@dataclass
+class TrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    debug: DebugConfig = field(default_factory=DebugConfig)
+    epochs: int = 10
+    max_steps: int | None = None  # when set, train for this many optimizer steps instead of `epochs`
+    batch_size: int = 128  # global batch (split evenly across DDP processes)
+    eval_batch_size: int = 512
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (autocast on GPU; fp32 on CPU)
+    ema_decay: float | None = None  # exponential moving average of weights, e.g. 0.999
+    tta: bool = False  # test-time augmentation in the final evaluation
+    checkpoint_every: int = 0  # also checkpoint every N steps (0: at epoch ends only)
+    keep_last: int = 2  # number of last-*.pt checkpoints kept
+    nonfinite: str = "error"  # error | skip: what to do with a NaN/Inf loss or gradient
+    tensorboard: bool = False
+    sync_bn: bool = False  # SyncBatchNorm under DDP (GPU only)
+    log_grad_norms: list[int] = field(default_factory=list)  # steps at which to record grad norms
+    log_step_loss: bool = False  # write every step's loss to steps.jsonl
+    recipe: str | None = None  # the recipe file this config came from
+    run_dir: str | None = None  # default runs/<name>
+    name: str | None = None  # default <model>-<date>-<time>
+
+    def to_dict(self) -> dict:
+        return _plain(asdict(self))
+
+
+CHOICES = {
+    "data.class_balance": ("none", "weighted-loss", "sampler"),
+    "optim.name": ("sgd", "adam", "adamw"),
+    "schedule.name": ("constant", "step", "multistep", "cosine", "onecycle"),
+    "schedule.unit": ("epochs", "steps"),
+    "precision": ("auto", "fp32", "bf16", "fp16"),
+    "nonfinite": ("error", "skip"),
+}
+
+
+# --------------------------------------------------------------------------- building
+
+
+def load_recipe(path: str | Path) -> dict:
+    """The mapping in a YAML recipe file."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError as exc:
+        raise ConfigError(f"recipe not found: {path}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a recipe must be a mapping of config keys")
+    return data
+
+
+def parse_set(items: list[str] | None) -> dict[str, Any]:
+    """``["optim.lr=0.05", "augment.flip=false"]`` -> ``{"optim.lr": 0.05, "augment.flip": False}`` (YAML-typed)."""
+    overrides: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected key.sub=value")
+        try:
+            overrides[key.strip()] = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {item!r}: value is not valid YAML ({exc})") from exc
+    return overrides
+
+
+def build_config(recipe: str | Path | dict | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Defaults <- recipe (a path or a mapping) <- dotted overrides; validated."""
+    data: dict = {}
+    if isinstance(recipe, dict):
+        data = _deep_copy(recipe)
+    elif recipe is not None:
+        data = load_recipe(recipe)
+        data.setdefault("recipe", str(recipe))
+    for key, value in (overrides or {}).items():
+        _set_dotted(data, key, value)
+    config = _from_dict(TrainConfig, data, "")
+    validate(config)
+    return config
+
+
+def config_from_dict(data: dict) -> TrainConfig:
+    """Rebuild a config saved with :meth:`TrainConfig.to_dict` (e.g. from a checkpoint)."""
+    return build_config(data)
+
+
+def write_config(config: TrainConfig, path: str | Path) -> None:
+    from resnetlab.utils.atomic import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+def read_config(path: str | Path) -> TrainConfig:
+    return build_config(load_recipe(path))
+
+
+def validate(config: TrainConfig) -> None:
+    flat = _flatten(config.to_dict())
+    for key, allowed in CHOICES.items():
+        if flat.get(key) not in allowed:
+            raise ConfigError(f"config {key}={flat.get(key)!r}: expected one of {', '.join(allowed)}")
+    if config.batch_size < 1 or config.eval_batch_size < 1:
+        raise ConfigError("config batch_size/eval_batch_size: must be >= 1")
+    if config.max_steps is None and config.epochs < 1:
+        raise ConfigError(f"config epochs={config.epochs}: must be >= 1 (or set max_steps)")
+    if config.max_steps is not None and config.max_steps < 1:
+        raise ConfigError(f"config max_steps={config.max_steps}: must be >= 1")
+    if config.keep_last < 1:
+        raise ConfigError(f"config keep_last={config.keep_last}: must be >= 1")
+    if config.ema_decay is not None and not 0.0 < config.ema_decay < 1.0:
+        raise ConfigError(f"config ema_decay={config.ema_decay}: must be in (0, 1)")
+    if config.optim.lr <= 0:
+        raise ConfigError(f"config optim.lr={config.optim.lr}: must be > 0")
+    if not 0.0 <= config.optim.label_smoothing < 1.0:
+        raise ConfigError(f"config optim.label_smoothing={config.optim.label_smoothing}: must be in [0, 1)")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _set_dotted(data: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"config key {key!r}: {part!r} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _from_dict(cls, data: Any, prefix: str):
+    if data is None:
+        data = {}
+    if isinstance(data, cls):
+        return data
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {prefix.rstrip('.') or 'root'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            raise ConfigError(f"unknown config key {prefix}{key!r}; known keys here: {', '.join(sorted(names))}")
+        kwargs[key] = _coerce(f"{prefix}{key}", value, hints[key])
+    return cls(**kwargs)
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """Check ``value`` against the annotation ``hint``; accept the obvious conversions (int -> float)."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return _from_dict(hint, value, f"{key}.")
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(key, value, arg)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"config {key}: bad value {value!r}")
+    if hint is Any:
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config {key}={value!r}: expected a list")
+        inner = args[0] if args else Any
+        items = [_coerce(key, v, inner) for v in value]
+        return tuple(items) if origin is tuple else items
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config {key}={value!r}: expected a mapping")
+        return dict(value)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"config {key}={value!r}: expected true or false")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"config {key}={value!r}: expected an integer")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"config {key}={value!r}: expected a number")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"config {key}={value!r}: expected a string")
+    return value
+
+
+def _plain(value: Any) -> Any:
+    """Tuples -> lists so the YAML is plain and safe_load-able."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _flatten(data: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and key not in ("options",):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _deep_copy(data: dict) -> dict:
+    import copy
+
+    return copy.deepcopy(data)

@@ -1,0 +1,62 @@
+"""Device and numeric precision, decided once per run (in the manner of nanoGPT).
+
+On CPU everything is off: fp32, no autocast, no GradScaler. On CUDA, ``auto`` picks bf16 where
+the GPU supports it (no loss scaling needed) and fp16 with a GradScaler otherwise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from resnetlab.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Precision:
+    device: torch.device
+    dtype: torch.dtype | None  # autocast dtype; None means plain fp32
+    scaler: torch.amp.GradScaler | None  # only for fp16
+
+    @property
+    def name(self) -> str:
+        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
+
+    def autocast(self):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+
+def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
+    """``auto`` -> cuda when available else cpu; under torchrun each process takes cuda:LOCAL_RANK."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(f"--device {name!r}: not a device name ({exc})") from exc
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
+        if device.index is None:
+            device = torch.device("cuda", local_rank or 0)
+        torch.cuda.set_device(device)
+    return device
+
+
+def resolve_precision(name: str, device: torch.device) -> Precision:
+    if device.type != "cuda":
+        if name not in ("auto", "fp32"):
+            log.warning("precision %s requested on %s: using fp32 (mixed precision is for GPUs)", name, device)
+        return Precision(device, None, None)
+    if name == "auto":
+        name = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+    scaler = torch.amp.GradScaler("cuda") if dtype is torch.float16 else None
+    return Precision(device, dtype, scaler)
