@@ -1,0 +1,212 @@
+"""Export a trained model to ONNX or TorchScript, with its metadata, and prove the export is faithful.
+
+ONNX: input ``images`` float32 (batch, 3, H, W) already normalized with ``meta.mean``/``meta.std``,
+output ``logits`` (batch, num_classes); the batch dimension is dynamic. The ModelMeta (architecture,
+class names, mean/std, input size) is stored as JSON in ``metadata_props`` (key ``resnetlab.meta``,
+plus readable single keys) and in a ``<file>.json`` sidecar. After writing, onnxruntime runs a random
+batch of a *different* size than the one traced and the max abs difference to PyTorch is checked.
+
+Exporter choice: the default is torch's TorchScript-based exporter (``dynamo=False``). On these
+plain conv nets (no data-dependent control flow) it is exact, ~20x faster than the torch.export
+("dynamo") path (0.1 s vs 2.7 s for a tiny net on 2 CPU cores; it matters when CI exports every
+registered model), and it takes ``dynamic_axes`` directly. ``exporter="dynamo"`` is available and
+is tried automatically when the TorchScript path fails; the parity check guards both.
+
+TorchScript: ``torch.jit.trace`` (the models are static graphs), metadata in ``_extra_files``
+under ``resnetlab_meta.json``; parity is checked by running the saved file again.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from resnetlab.errors import CheckpointError, ConfigError
+from resnetlab.inference.predictor import ONNX_META_KEY
+from resnetlab.utils.atomic import atomic_write_bytes, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+INPUT_NAME = "images"
+OUTPUT_NAME = "logits"
+DEFAULT_OPSET = 17
+DEFAULT_ATOL = 1e-4
+TORCHSCRIPT_META_FILE = "resnetlab_meta.json"
+FORMATS = ("onnx", "torchscript")
+
+
+class ExportParityError(CheckpointError):
+    """The exported file does not reproduce the PyTorch model's outputs within tolerance."""
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    format: str
+    max_abs_diff: float
+    tolerance: float
+    sidecar: Path | None = None
+    exporter: str = ""
+
+
+def default_output(model_path: str | os.PathLike, fmt: str) -> Path:
+    """run dir -> ``RUN/model.onnx``; ``x.safetensors``/``x.pt`` -> ``x.onnx`` beside it."""
+    path = Path(model_path)
+    suffix = ".onnx" if fmt == "onnx" else ".torchscript.pt"
+    if path.is_dir():
+        return path / f"model{suffix}"
+    return path.with_name(path.stem + suffix)
+
+
+def export_model(model_path: str | os.PathLike, fmt: str, output: str | os.PathLike | None = None, *,
+                 opset: int = DEFAULT_OPSET, atol: float = DEFAULT_ATOL, exporter: str = "legacy") -> ExportResult:
+    """Load a run directory / model file / checkpoint and export it (see module docstring)."""
+    from resnetlab.models.files import load_trained_model
+
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    model = load_trained_model(model_path, map_location="cpu")
+    output = Path(output) if output else default_output(model_path, fmt)
+    if fmt == "onnx":
+        return export_onnx(model, output, opset=opset, atol=atol, exporter=exporter,
+                           extra={"source": str(model_path), **getattr(model, "extra", {})})
+    return export_torchscript(model, output, atol=atol)
+
+
+def _check_tolerance(diff: float, reference: torch.Tensor, atol: float, what: str, path: Path) -> float:
+    # atol is per unit of logit scale: random-weight or deep nets can have logits in the hundreds,
+    # where float32 reassociation alone moves the last digits.
+    allowed = atol * max(1.0, float(reference.abs().max()))
+    if not diff <= allowed:  # also catches NaN
+        raise ExportParityError(f"{path}: {what} differs from PyTorch by max abs {diff:.3g} > tolerance {allowed:.3g}; "
+                                "the export was not written")
+    return allowed
+
+
+def _example(meta, batch: int, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn((batch, *meta.input_size), generator=generator)  # (B, C, H, W), like normalized input
+
+
+def onnx_metadata(meta, extra: dict | None = None) -> dict[str, str]:
+    """The ``metadata_props`` written into the ONNX file (strings only)."""
+    props = {
+        ONNX_META_KEY: json.dumps(meta.to_dict()),
+        "architecture": meta.name,
+        "classes": json.dumps(meta.classes or [str(i) for i in range(meta.num_classes)]),
+        "mean": json.dumps(list(meta.mean)),
+        "std": json.dumps(list(meta.std)),
+        "input_size": json.dumps(list(meta.input_size)),
+        "input_layout": "float32 NCHW, (pixel/255 - mean) / std",
+    }
+    if extra:
+        props["resnetlab.extra"] = json.dumps(extra, default=str)
+    return props
+
+
+def _onnx_bytes(model: nn.Module, example: torch.Tensor, opset: int, exporter: str) -> tuple[bytes, str]:
+    import onnx
+
+    if exporter == "legacy":
+        buffer = io.BytesIO()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the deprecation notice of the TorchScript-based exporter
+            torch.onnx.export(
+                model, (example,), buffer, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                opset_version=opset, do_constant_folding=True, dynamo=False,
+            )
+        return buffer.getvalue(), "legacy"
+    if exporter == "dynamo":
+        program = torch.onnx.export(
+            model, (example,), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            dynamic_shapes=({0: torch.export.Dim("batch", min=1)},), opset_version=max(opset, 18),
+            dynamo=True, verbose=False,
+        )
+        return onnx.ModelProto.SerializeToString(program.model_proto), "dynamo"
+    raise ConfigError(f"--onnx-exporter {exporter!r}: choose legacy or dynamo")
+
+
+def export_onnx(model: nn.Module, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, atol: float = DEFAULT_ATOL,
+                exporter: str = "legacy", extra: dict | None = None) -> ExportResult:
+    """Write ``model`` as ONNX at ``path`` (+ ``path.json``) after checking parity with onnxruntime."""
+    import onnx
+    import onnxruntime as ort
+
+    path = Path(path)
+    model = model.cpu().eval()
+    meta = model.meta
+    example = _example(meta, 2, seed=0)
+    try:
+        data, used = _onnx_bytes(model, example, opset, exporter)
+    except ConfigError:
+        raise
+    except Exception as exc:
+        if exporter != "legacy":
+            raise CheckpointError(f"ONNX export of {meta.name!r} failed: {exc}") from exc
+        log.warning("TorchScript-based ONNX export failed (%s); trying the dynamo exporter", str(exc).splitlines()[0])
+        try:
+            data, used = _onnx_bytes(model, example, opset, "dynamo")
+        except Exception as exc2:
+            raise CheckpointError(f"ONNX export of {meta.name!r} failed with both exporters: {exc2}") from exc2
+    proto = onnx.load_from_string(data)
+    del proto.metadata_props[:]
+    for key, value in onnx_metadata(meta, extra).items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    proto.producer_name = "resnetlab"
+    onnx.checker.check_model(proto)
+    data = proto.SerializeToString()
+
+    # Parity on a batch size different from the traced one proves the batch axis is really dynamic.
+    check = _example(meta, 3, seed=1)
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    with torch.inference_mode():
+        reference = model(check).float()
+    (got,) = session.run([OUTPUT_NAME], {INPUT_NAME: check.numpy()})
+    diff = float((torch.from_numpy(got) - reference).abs().max())
+    allowed = _check_tolerance(diff, reference, atol, "onnxruntime output", path)
+
+    atomic_write_bytes(path, data)
+    sidecar = path.with_name(path.name + ".json")
+    atomic_write_text(sidecar, json.dumps({
+        "format": "resnetlab-onnx", "file": path.name, "input": INPUT_NAME, "output": OUTPUT_NAME,
+        "input_layout": "float32 NCHW, (pixel/255 - mean) / std", "opset": opset if used == "legacy" else max(opset, 18),
+        "exporter": used, "max_abs_diff": diff, "tolerance": allowed, "meta": meta.to_dict(), "extra": extra or {},
+    }, indent=2, default=str))
+    return ExportResult(path=path, format="onnx", max_abs_diff=diff, tolerance=allowed, sidecar=sidecar, exporter=used)
+
+
+def export_torchscript(model: nn.Module, path: str | os.PathLike, *, atol: float = DEFAULT_ATOL) -> ExportResult:
+    """Write ``model`` traced with TorchScript, metadata in ``_extra_files``; parity checked on reload."""
+    path = Path(path)
+    model = model.cpu().eval()
+    meta = model.meta
+    example = _example(meta, 2, seed=0)
+    try:
+        with torch.inference_mode(False), torch.no_grad():
+            traced = torch.jit.trace(model, example, check_trace=False)
+    except Exception as exc:
+        raise CheckpointError(f"TorchScript trace of {meta.name!r} failed: {exc}") from exc
+    buffer = io.BytesIO()
+    torch.jit.save(traced, buffer, _extra_files={TORCHSCRIPT_META_FILE: json.dumps(meta.to_dict())})
+    data = buffer.getvalue()
+
+    files = {TORCHSCRIPT_META_FILE: ""}
+    reloaded = torch.jit.load(io.BytesIO(data), map_location="cpu", _extra_files=files)
+    check = _example(meta, 3, seed=1)
+    with torch.no_grad():
+        reference = model(check).float()
+        got = reloaded(check).float()
+    diff = float((got - reference).abs().max())
+    allowed = _check_tolerance(diff, reference, atol, "TorchScript output", path)
+    atomic_write_bytes(path, data)
+    return ExportResult(path=path, format="torchscript", max_abs_diff=diff, tolerance=allowed, exporter="jit.trace")

@@ -1,0 +1,218 @@
+"""``Predictor``: a trained model (PyTorch or ONNX Runtime) plus the preprocessing it was trained with.
+
+>>> import resnetlab
+>>> model = resnetlab.load("runs/resnet20-cifar10")          # run dir, model file, .pt or .onnx
+>>> model.predict(["cat.jpg", "dog.png"], top_k=3)           # [[("cat", 0.91), ...], [...]]
+
+Accepted images (one image, or a list of them, or a batch):
+- file paths (``str`` / ``Path``), raw ``bytes``, binary file objects, PIL images (any mode);
+- numpy arrays (H, W), (H, W, 3/4) and batches (N, H, W, 3), uint8 0..255 or float in [0, 1];
+- torch tensors (3, H, W), (H, W, 3) and batches (N, 3, H, W) / (N, H, W, 3), uint8 or float in [0, 1].
+Every image is resized (shorter side + center crop) to ``meta.input_size`` and normalized with
+``meta.mean``/``meta.std`` (see :mod:`resnetlab.inference.preprocess`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from resnetlab.errors import CheckpointError, ConfigError
+from resnetlab.inference.preprocess import MAX_IMAGE_PIXELS, image_to_array, normalize, split_batch
+
+ONNX_META_KEY = "resnetlab.meta"
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``"auto"``/``None`` -> CUDA when available, else CPU; anything else as given."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"--device {device!r} is not a device (use cpu, cuda, cuda:N or auto)") from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: CUDA is not available on this machine (use cpu or auto)")
+    return resolved
+
+
+class Predictor:
+    """Runs a classifier on images. Thread-safe for concurrent ``predict`` calls (the model is read-only)."""
+
+    def __init__(self, run: Callable[[torch.Tensor], torch.Tensor], meta, *, backend: str,
+                 device: torch.device | str = "cpu", source: str | None = None, extra: dict | None = None):
+        self._run = run  # float32 (N, 3, H, W) normalized, on CPU -> float32 logits (N, K) on CPU
+        self.meta = meta
+        self.backend = backend  # "torch" or "onnxruntime"
+        self.device = torch.device(device)
+        self.source = source
+        self.extra = extra or {}
+        self.max_pixels = MAX_IMAGE_PIXELS
+
+    # ---- construction -------------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> "Predictor":
+        """Load a run directory, a ``.safetensors`` model file, a ``.pt`` checkpoint or an ``.onnx`` file."""
+        path = Path(path)
+        if path.suffix.lower() == ".onnx":
+            return cls.from_onnx(path, device=device)
+        if path.name.endswith(".torchscript.pt"):
+            raise CheckpointError(f"{path}: TorchScript exports are for other runtimes (torch.jit.load, libtorch); "
+                                  "give resnetlab the run directory, model file or the .onnx export instead")
+        from resnetlab.models.files import load_trained_model
+
+        device = resolve_device(device)
+        model = load_trained_model(path, map_location=device)
+        return cls.from_model(model, device=device, source=str(path))
+
+    @classmethod
+    def from_model(cls, model: torch.nn.Module, device: str | torch.device = "cpu", source: str | None = None) -> "Predictor":
+        """Wrap an in-memory ``nn.Module`` that carries ``.meta`` (as built by ``create_model``)."""
+        if not hasattr(model, "meta"):
+            raise ConfigError("Predictor.from_model needs a model with .meta (build it with resnetlab.create_model)")
+        device = resolve_device(device)
+        model = model.to(device).eval()
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            with torch.inference_mode():
+                return model(x.to(device, non_blocking=True)).float().cpu()
+
+        predictor = cls(run, model.meta, backend="torch", device=device, source=source,
+                        extra=getattr(model, "extra", {}))
+        predictor.model = model
+        return predictor
+
+    @classmethod
+    def from_onnx(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> "Predictor":
+        """An ONNX file written by ``resnetlab export`` run with onnxruntime."""
+        import onnxruntime as ort
+
+        from resnetlab.models.registry import ModelMeta
+
+        path = Path(path)
+        if not path.is_file():
+            raise CheckpointError(f"ONNX file not found: {path}")
+        device = resolve_device(device)
+        providers = ["CPUExecutionProvider"]
+        if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        try:
+            session = ort.InferenceSession(str(path), providers=providers)
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+            raise CheckpointError(f"{path}: onnxruntime cannot load this file ({str(exc).splitlines()[0]})") from exc
+        meta_dict = _onnx_meta(session, path)
+        meta = ModelMeta.from_dict(meta_dict)
+        input_name = session.get_inputs()[0].name
+        output_name = session.get_outputs()[0].name
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            (logits,) = session.run([output_name], {input_name: x.cpu().numpy()})
+            return torch.from_numpy(np.asarray(logits, dtype=np.float32))
+
+        predictor = cls(run, meta, backend="onnxruntime", device=device, source=str(path))
+        predictor.session = session
+        return predictor
+
+    # ---- properties ---------------------------------------------------------------------------
+
+    @property
+    def classes(self) -> list[str]:
+        """Class names in output order (``"0"``, ``"1"``... when the model was saved without names)."""
+        if self.meta.classes:
+            return list(self.meta.classes)
+        return [str(i) for i in range(self.meta.num_classes)]
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(H, W) every image is resized to."""
+        _, height, width = self.meta.input_size
+        return int(height), int(width)
+
+    @property
+    def name(self) -> str:
+        return self.meta.name
+
+    # ---- inference ----------------------------------------------------------------------------
+
+    def prepare(self, images: Any, names: list[str] | None = None) -> torch.Tensor:
+        """Images in any accepted form -> uint8 (N, H, W, 3) at the model's input size."""
+        items = split_batch(images)
+        arrays = [
+            image_to_array(item, self.image_size, name=names[i] if names else None, max_pixels=self.max_pixels)
+            for i, item in enumerate(items)
+        ]
+        if not arrays:
+            return torch.empty((0, *self.image_size, 3), dtype=torch.uint8)
+        return torch.from_numpy(np.stack(arrays))
+
+    def logits(self, images_uint8_nhwc: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """Raw scores (N, num_classes) float32 on CPU for uint8 (N, H, W, 3) images (an ``ImageSet``'s layout)."""
+        images = torch.as_tensor(images_uint8_nhwc)
+        if images.ndim == 3:
+            images = images.unsqueeze(0)
+        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"Predictor.logits expects uint8 (N, H, W, 3), got {images.dtype} {tuple(images.shape)}")
+        if tuple(images.shape[1:3]) != self.image_size:
+            images = _resize_batch(images, self.image_size)
+        outputs = []
+        for start in range(0, images.shape[0], batch_size):
+            x = normalize(images[start:start + batch_size], self.meta.mean, self.meta.std)  # (B, 3, H, W)
+            outputs.append(self._run(x))
+        if not outputs:
+            return torch.empty((0, self.meta.num_classes), dtype=torch.float32)
+        return torch.cat(outputs)
+
+    def probabilities(self, images: Any, batch_size: int = 64) -> torch.Tensor:
+        """Softmax probabilities (N, num_classes) for images in any accepted form."""
+        return torch.softmax(self.logits(self.prepare(images), batch_size=batch_size), dim=1)
+
+    def predict(self, images: Any, top_k: int = 5, batch_size: int = 64) -> list[list[tuple[str, float]]]:
+        """Top-k ``(class, probability)`` pairs, best first, one list per image (also for a single image)."""
+        return self.top_k(self.probabilities(images, batch_size=batch_size), top_k)
+
+    def top_k(self, probabilities: torch.Tensor, k: int) -> list[list[tuple[str, float]]]:
+        k = max(1, min(int(k), probabilities.shape[1] if probabilities.ndim == 2 else 1))
+        values, indices = probabilities.topk(k, dim=1)
+        names = self.classes
+        return [[(names[i], float(p)) for p, i in zip(row_p.tolist(), row_i.tolist())]
+                for row_p, row_i in zip(values, indices)]
+
+    def __repr__(self) -> str:
+        return (f"Predictor({self.meta.name!r}, backend={self.backend!r}, classes={len(self.classes)}, "
+                f"input_size={tuple(self.meta.input_size)}, device={str(self.device)!r})")
+
+
+def _resize_batch(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    # Same geometry as fit_image (shorter side, center crop) done on a uint8 batch.
+    x = images.permute(0, 3, 1, 2).float()  # (N, 3, H, W)
+    height, width = x.shape[-2:]
+    scale = max(size[0] / height, size[1] / width)
+    new_h, new_w = max(size[0], round(height * scale)), max(size[1], round(width * scale))
+    x = torch.nn.functional.interpolate(x, size=(new_h, new_w), mode="bicubic", antialias=True, align_corners=False)
+    top, left = (new_h - size[0]) // 2, (new_w - size[1]) // 2
+    x = x[:, :, top:top + size[0], left:left + size[1]]
+    return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+def _onnx_meta(session, path: Path) -> dict:
+    """ModelMeta dict from the ONNX metadata_props, or from the ``.onnx.json`` sidecar."""
+    props = session.get_modelmeta().custom_metadata_map
+    if ONNX_META_KEY in props:
+        try:
+            return json.loads(props[ONNX_META_KEY])
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"{path}: metadata {ONNX_META_KEY!r} is not valid JSON") from exc
+    sidecar = path.with_name(path.name + ".json")
+    if sidecar.is_file():
+        try:
+            return json.loads(sidecar.read_text())["meta"]
+        except (OSError, KeyError, json.JSONDecodeError) as exc:
+            raise CheckpointError(f"{sidecar}: unreadable ONNX sidecar ({exc})") from exc
+    raise CheckpointError(f"{path}: no resnetlab metadata (class names, normalization); "
+                          "export it with 'resnetlab export MODEL --format onnx'")
