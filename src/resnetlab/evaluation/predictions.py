@@ -1,0 +1,122 @@
+"""Run a model over an ImageSet, optionally with test-time augmentation (TTA), and collect outputs.
+
+Models come in two kinds: an ``nn.Module`` with ``.meta`` (normalized here with the mean/std the
+model was trained with, from its meta, not the dataset's), or any object with
+``logits(images_uint8_nhwc) -> Tensor`` (e.g. an ONNX ``Predictor``, which normalizes itself).
+TTA views are made on the uint8 images so both kinds see the same inputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from resnetlab.errors import ConfigError
+
+
+@dataclass
+class Outputs:
+    """Per-image results of one pass over a dataset (all on the CPU)."""
+
+    logits: torch.Tensor  # (N, C) of the plain (un-augmented) images
+    probs: torch.Tensor  # (N, C) softmax of ``logits``
+    probs_tta: torch.Tensor | None = None  # (N, C) mean softmax over the TTA views
+    tta_views: list[str] | None = None
+
+
+def model_classes(model) -> list[str] | None:
+    """The class names a model was trained on, when it records them."""
+    meta = getattr(model, "meta", None)
+    if meta is not None:  # a Predictor's .classes invents "0", "1"... when the meta has none
+        classes = meta.get("classes") if isinstance(meta, dict) else getattr(meta, "classes", None)
+    else:
+        classes = getattr(model, "classes", None)
+    return list(classes) if classes else None
+
+
+def model_num_classes(model) -> int | None:
+    meta = getattr(model, "meta", None)
+    if meta is not None and getattr(meta, "num_classes", None):
+        return int(meta.num_classes)
+    classes = model_classes(model)
+    return len(classes) if classes is not None else None
+
+
+def logits_function(model, device: str | torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A function mapping a uint8 (B, H, W, 3) batch to float logits (B, C) on the CPU."""
+    if isinstance(model, nn.Module):
+        meta = getattr(model, "meta", None)
+        if meta is None:
+            raise ConfigError("evaluate_model: the nn.Module has no .meta (ModelMeta); build it with resnetlab.models.create_model")
+        model.to(device).eval()
+        mean = torch.tensor(meta.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        std = torch.tensor(meta.std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+
+        def forward(batch: torch.Tensor) -> torch.Tensor:
+            x = batch.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)  # (B, 3, H, W) in [0, 1]
+            return model((x - mean) / std).float().cpu()
+
+        return forward
+    if hasattr(model, "logits") and callable(model.logits):
+        return lambda batch: torch.as_tensor(model.logits(batch)).float().cpu()
+    raise ConfigError(f"evaluate_model: cannot evaluate a {type(model).__name__}; pass an nn.Module with .meta or an object with .logits(images)")
+
+
+def _shift(batch: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """Translate a uint8 (B, H, W, 3) batch by (dy, dx) pixels, filling the border by reflection."""
+    pad = max(abs(dy), abs(dx))
+    h, w = batch.shape[1:3]
+    x = batch.permute(0, 3, 1, 2).float()
+    x = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+    x = x[:, :, pad - dy: pad - dy + h, pad - dx: pad - dx + w]
+    return x.round().to(torch.uint8).permute(0, 2, 3, 1)
+
+
+def tta_views(image_size: tuple[int, int]) -> list[tuple[str, Callable[[torch.Tensor], torch.Tensor]]]:
+    """Horizontal flip x {none, shift up-left, shift down-right}: 6 views.
+
+    The same flip/translate family as the standard CIFAR training augmentation (He et al. 2016,
+    sec. 4.2: pad 4 and crop, flip), so each view is an image the model saw during training.
+    The shift is 1/16 of the side (2 px at 32x32).
+    """
+    t = max(1, min(image_size) // 16)
+    views = []
+    for flipped in (False, True):
+        base = (lambda b: b.flip(2)) if flipped else (lambda b: b)
+        prefix = "flip" if flipped else "identity"
+        views.append((prefix, base))
+        views.append((f"{prefix}+shift(-{t},-{t})", lambda b, base=base: _shift(base(b), -t, -t)))
+        views.append((f"{prefix}+shift(+{t},+{t})", lambda b, base=base: _shift(base(b), t, t)))
+    return views
+
+
+@torch.inference_mode()
+def collect_outputs(model, images: torch.Tensor, *, device: str | torch.device = "cpu", batch_size: int = 512,
+                    tta: bool = False) -> Outputs:
+    """Logits and probabilities of ``model`` for uint8 (N, H, W, 3) ``images``, in order."""
+    forward = logits_function(model, device)
+    views = tta_views(tuple(images.shape[1:3])) if tta else []
+    logits, probs_tta = [], []
+    for start in range(0, images.shape[0], batch_size):
+        batch = images[start: start + batch_size]
+        batch_logits = forward(batch)
+        logits.append(batch_logits)
+        if tta:
+            # Average probabilities, not logits: each view votes with a distribution.
+            # views[0] is the identity: reuse its logits.
+            total = batch_logits.softmax(dim=1) + sum(forward(view(batch)).softmax(dim=1) for _, view in views[1:])
+            mean = total / len(views)
+            probs_tta.append(mean)
+    if not logits:
+        raise ConfigError("evaluate_model: the dataset is empty")
+    logits = torch.cat(logits)
+    return Outputs(
+        logits=logits,
+        probs=logits.softmax(dim=1),
+        probs_tta=torch.cat(probs_tta) if tta else None,
+        tta_views=[name for name, _ in views] if tta else None,
+    )
