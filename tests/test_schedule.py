@@ -49,9 +49,10 @@ def test_train_error_warmup_switches_on_measured_error_not_step_count():
     for step in range(100):  # 10% accuracy = 90% error: stays in warm-up however long it runs
         warm.update(step, correct=10, seen=100)
     assert not warm.done and warm.lr(0.1) == 0.01
-    for step in range(100, 104):  # 25% accuracy over a full window: error 75% < 80%
-        warm.update(step, correct=25, seen=100)
-    assert warm.done and warm.ended_at_step == 103
+    warm.update(100, correct=50, seen=100)  # window error (90+90+90+50)/4 = 80%: not yet below
+    assert not warm.done
+    warm.update(101, correct=50, seen=100)  # window error 70% < 80%: the warm-up ends here
+    assert warm.done and warm.ended_at_step == 101
     assert warm.lr(0.1) == 0.1
     warm.update(104, correct=0, seen=100)  # once ended it never returns
     assert warm.lr(0.1) == 0.1

@@ -24,8 +24,8 @@ from resnetlab.errors import ConfigError
 class DataConfig:
     spec: str = "cifar10"  # cifar10, cifar100, an archive or folder path (see CLI.md)
     data_dir: str | None = None  # where cifar10/cifar100 archives are found or downloaded
-    image_size: int | None = None  # resize image folders to this square size
-    val_size: int | float | None = 5000  # images held out of train for validation (count or fraction)
+    image_size: int | None = None  # train at this square size (image folders are resized on load, CIFAR per batch)
+    val_size: int | None = None  # images held out of train for validation (default: 5000 for CIFAR, else 10%)
     split_seed: int = 0  # fixed across --seeds so every seed is judged on the same validation set
     limit_train: int | None = None  # train on the first N images of a stratified shuffle
     skip_bad: bool = False  # skip unreadable images instead of failing
@@ -82,6 +82,8 @@ class DebugConfig:
     stop_after_steps: int | None = None  # save a checkpoint and stop (exit 0) after this global step
     nan_at_step: int | None = None  # make the loss at this global step NaN
     skip_rng_restore: list[str] = field(default_factory=list)  # resume without these RNG states (negative control)
+    sleep_per_step: float = 0.0  # seconds; slows a tiny run so a test can signal it mid-training
+    save_delay_s: float = 0.0  # seconds spent inside each checkpoint save (tests a signal arriving then)
 
 
 @dataclass
@@ -236,7 +238,7 @@ def _from_dict(cls, data: Any, prefix: str):
     kwargs = {}
     for key, value in data.items():
         if key not in names:
-            raise ConfigError(f"unknown config key {prefix}{key!r}; known keys here: {', '.join(sorted(names))}")
+            raise ConfigError(f"unknown config key '{prefix}{key}'; known keys here: {', '.join(sorted(names))}")
         kwargs[key] = _coerce(f"{prefix}{key}", value, hints[key])
     return cls(**kwargs)
 

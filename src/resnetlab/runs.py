@@ -158,10 +158,12 @@ def environment_record(device: str, seed: int, world_size: int = 1) -> dict:
     import torch
 
     versions = {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__}
-    for name in ("torchvision", "resnetlab"):
+    from importlib import metadata
+
+    for name in ("torchvision", "resnetlab"):  # metadata, not import: importing torchvision costs seconds
         try:
-            versions[name] = __import__(name).__version__
-        except Exception:  # pragma: no cover - optional
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:  # pragma: no cover - optional
             pass
     info = {
         "versions": versions,

@@ -47,7 +47,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--seed", type=int, help="random seed (default: 0)")
     p.add_argument("--seeds", help="comma-separated seeds: run each into RUN_DIR/seed-N and write seeds.json")
     p.add_argument("--limit-train", type=int, help="train on the first N images of a stratified shuffle")
-    p.add_argument("--val-size", type=float, help="validation images held out of train: a count, or a fraction < 1 (default: 5000)")
+    p.add_argument("--val-size", type=int, help="validation images held out of train (default: 5000 for CIFAR, else 10%%)")
     p.add_argument("--data-dir", help="where cifar10/cifar100 archives are found or downloaded")
     p.add_argument("--image-size", type=int, help="resize image-folder images to this square size")
     p.add_argument("--skip-bad", action="store_true", default=None, help="skip unreadable images instead of failing")
@@ -80,7 +80,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
     }
     overrides = {k: v for k, v in flags.items() if v is not None}
     if args.val_size is not None:
-        overrides["data.val_size"] = int(args.val_size) if args.val_size >= 1 else args.val_size
+        overrides["data.val_size"] = args.val_size
     if args.epochs is not None:
         overrides["epochs"] = args.epochs
         overrides["max_steps"] = None  # an explicit --epochs replaces a recipe's step budget

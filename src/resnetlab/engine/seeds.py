@@ -46,7 +46,7 @@ def summarize(values: list[float], level: float = 0.95) -> dict:
 
 def train_seeds(config: TrainConfig, seeds: list[int], train_fn=None) -> dict:
     """Train ``config`` once per seed into ``RUN_DIR/seed-N``; write and return ``RUN_DIR/seeds.json``."""
-    from resnetlab.engine.train import train
+    from resnetlab.engine import train
 
     train_fn = train_fn or train
     base = Path(config.run_dir or default_run_dir(config.model.name, config.name))

@@ -192,7 +192,7 @@ class _Trainer:
             model.meta.mean = tuple(float(v) for v in train_set.mean)
             model.meta.std = tuple(float(v) for v in train_set.std)
         model.meta.classes = list(train_set.classes)
-        height, width = train_set.image_size
+        height, width = self.image_size = _train_size(cfg, train_set)
         model.meta.input_size = (3, height, width)
         model = unwrap(model).to(self.device)
         if cfg.model.channels_last:
@@ -211,7 +211,7 @@ class _Trainer:
         self.train_loader = DeviceLoader(
             splits.train, cfg.batch_size // info.world_size, train=True, augment=cfg.augment, device=self.device,
             seed=cfg.seed, mean=mean, std=std, rank=info.rank, world_size=info.world_size,
-            sample_weights=_sample_weights(cfg, splits.train), channels_last=cfg.model.channels_last,
+            sample_weights=_sample_weights(cfg, splits.train), channels_last=cfg.model.channels_last, resize_to=self.image_size,
         )
         self.steps_per_epoch = len(self.train_loader)
         if self.steps_per_epoch == 0:
@@ -221,7 +221,7 @@ class _Trainer:
         if splits.val is not None and len(splits.val) > 0:
             self.val_loader = DeviceLoader(
                 splits.val, cfg.eval_batch_size, train=False, device=self.device, seed=cfg.seed, mean=mean, std=std,
-                channels_last=cfg.model.channels_last,
+                channels_last=cfg.model.channels_last, resize_to=self.image_size,
             )
         self.splits = splits
 
@@ -249,6 +249,8 @@ class _Trainer:
     def _save_last(self) -> None:
         self._flush_records()
         if self.info.is_main:
+            if self.cfg.debug.save_delay_s:
+                time.sleep(self.cfg.debug.save_delay_s)
             self.last_checkpoint = self.manager.save_last(self._checkpoint())
         distributed.barrier(self.info)
 
@@ -293,6 +295,8 @@ class _Trainer:
     def _after_step(self, record: dict) -> None:
         state, cfg = self.state, self.cfg
         self._progress.update(record)
+        if cfg.debug.sleep_per_step:
+            time.sleep(cfg.debug.sleep_per_step)
         if self.info.is_main:
             if cfg.log_step_loss:
                 self.step_records.append({"step": record["step"], "loss": record["loss"], "lr": record["lr"], "skipped": record["skipped"]})
@@ -450,7 +454,8 @@ class _Trainer:
             return _accuracy_from_report(report)
         from resnetlab.data import DeviceLoader
 
-        loader = DeviceLoader(test_set, cfg.eval_batch_size, train=False, device=self.device, mean=model.meta.mean, std=model.meta.std)
+        loader = DeviceLoader(test_set, cfg.eval_batch_size, train=False, device=self.device, mean=model.meta.mean, std=model.meta.std,
+                              resize_to=self.image_size)
         return evaluate(model, loader.epoch(0), self.precision)["acc"]
 
 
@@ -478,9 +483,16 @@ def _first_batch(train_set, model: nn.Module, device: torch.device, cfg: TrainCo
     from resnetlab.data import DeviceLoader
 
     size = min(len(train_set), 5000)
-    loader = DeviceLoader(train_set, size, train=False, device=device, mean=model.meta.mean, std=model.meta.std, channels_last=cfg.model.channels_last)
+    loader = DeviceLoader(train_set, size, train=False, device=device, mean=model.meta.mean, std=model.meta.std,
+                          channels_last=cfg.model.channels_last, resize_to=_train_size(cfg, train_set))
     x, _ = next(iter(loader.epoch(0)))
     return x
+
+
+def _train_size(cfg: TrainConfig, train_set) -> tuple[int, int]:
+    """(H, W) the model trains at: ``data.image_size`` when set, else the images' own size."""
+    size = cfg.data.image_size
+    return (size, size) if size else tuple(train_set.image_size)
 
 
 def _class_counts(train_set) -> torch.Tensor:

@@ -1,0 +1,75 @@
+"""NaN/Inf handling (issue 8 item 3): stop with an error naming the step and the last good
+checkpoint, or skip and count; never write a checkpoint with non-finite weights."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from resnetlab.config import build_config
+from resnetlab.data.imageset import DataSplits, ImageSet
+from resnetlab.engine import TrainingDiverged, train
+from resnetlab.engine.checkpoint import CheckpointManager
+from resnetlab.errors import ResnetlabError
+from resnetlab.models import create_model
+
+
+def tiny_splits(n_train: int = 64, n_val: int = 16, classes: int = 4) -> DataSplits:
+    g = torch.Generator().manual_seed(0)
+
+    def make(n):
+        labels = torch.arange(n) % classes
+        images = torch.randint(0, 60, (n, 32, 32, 3), generator=g, dtype=torch.uint8)
+        images[torch.arange(n), :, :, labels % 3] += 150  # learnable: class = dominant colour (mostly)
+        return ImageSet(images, labels.long(), [f"c{i}" for i in range(classes)], source="synthetic")
+
+    return DataSplits(make(n_train), make(n_val), make(n_val), name="synthetic")
+
+
+def config(tmp_path, **overrides):
+    base = {
+        "run_dir": str(tmp_path / "run"), "device": "cpu", "batch_size": 16, "max_steps": 12,
+        "model.name": "cnn_baseline", "model.options": {"width": 4, "hidden": 8}, "checkpoint_every": 5,
+        "optim.lr": 0.05,
+    }
+    base.update(overrides)
+    return build_config(None, base)
+
+
+def model():
+    return create_model("cnn_baseline", num_classes=4, width=4, hidden=8)
+
+
+def test_nan_loss_stops_with_step_and_last_good_checkpoint(tmp_path):
+    cfg = config(tmp_path, **{"debug.nan_at_step": 7})
+    with pytest.raises(TrainingDiverged) as info:
+        train(cfg, model=model(), splits=tiny_splits())
+    message = str(info.value)
+    assert isinstance(info.value, ResnetlabError)
+    assert "non-finite loss at step 7" in message
+    assert "last-00000005.pt" in message  # steps 0-4 done -> last good checkpoint at step 5
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+    for path in CheckpointManager(tmp_path / "run" / "checkpoints").last_paths():
+        weights = torch.load(path, weights_only=True)["model"]
+        assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
+
+
+@pytest.mark.slow
+def test_skip_mode_counts_skipped_steps_and_finishes(tmp_path):
+    cfg = config(tmp_path, **{"debug.nan_at_step": 7, "nonfinite": "skip", "log_step_loss": True})
+    result = train(cfg, model=model(), splits=tiny_splits())
+    assert result.completed and result.summary["skipped_steps"] == 1
+    steps = [json.loads(line) for line in (tmp_path / "run" / "steps.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steps if s["skipped"]] == [7]
+    assert all(torch.isfinite(p).all() for p in result.model.parameters())
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert sum(r["skipped_steps"] for r in rows) == 1
+
+
+def test_inf_gradient_is_caught(tmp_path):
+    m = model()
+    m.fc.weight.register_hook(lambda grad: grad * float("inf"))
+    with pytest.raises(TrainingDiverged, match="non-finite gradient at step 0"):
+        train(config(tmp_path), model=m, splits=tiny_splits())
