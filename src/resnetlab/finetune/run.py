@@ -1,0 +1,282 @@
+"""``finetune(config, options)``: weights source + head/stem adaptation + strategy, then ``engine.train``.
+
+Fine-tuning has no training loop of its own: it builds the model and the parameter groups, hands
+them to :func:`resnetlab.engine.train` (same run directory, resume, DDP, progress and final
+evaluation report as ``resnetlab train``), and adds two records to the run directory:
+``finetune.json`` (the options and where the weights came from) and ``finetune_keys.json`` (which
+tensors were loaded, adapted, new or dropped).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from resnetlab.config import TrainConfig
+from resnetlab.errors import ConfigError
+from resnetlab.finetune.adapt import STEM_INITS, KeyReport, build_model
+from resnetlab.finetune.sources import SourceWeights, load_source
+from resnetlab.finetune.strategy import FineTuneSchedule, StrategyConfig
+from resnetlab.utils.atomic import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+AUTO_MODEL = "auto"  # model.name meaning "the source's architecture"
+OPTIONS_FILE = "finetune.json"
+KEYS_FILE = "finetune_keys.json"
+
+# Defaults under every fine-tuning recipe: training from scratch wants lr 0.1 and long schedules;
+# pretrained weights want a 10x smaller lr, a short warm-up so the random head's first gradients do
+# not wreck the features, and a cosine decay (Kornblith et al. 2019, "Do Better ImageNet Models
+# Transfer Better?", fine-tune with SGD-momentum and a decaying lr; Goyal et al. 2017 for warm-up).
+FINETUNE_DEFAULTS = {
+    "model": {"name": AUTO_MODEL},
+    "epochs": 10,
+    "batch_size": 64,
+    "optim": {"name": "sgd", "lr": 0.01, "momentum": 0.9, "nesterov": True, "weight_decay": 1e-4},
+    "schedule": {"name": "cosine", "warmup": 1, "unit": "epochs"},
+}
+
+
+@dataclass
+class FinetuneOptions:
+    """The fine-tuning switches (the ``finetune:`` section of a recipe; CLI flags override)."""
+
+    source: str | None = None  # --from: run dir, model/state-dict file, torchvision:..., timm:...
+    strategy: str = "full"  # linear-probe | full | gradual
+    lr_head: float | None = None  # absolute lr of the new head (default: optim.lr)
+    lr_backbone: float | None = None  # absolute lr of the top backbone stage (default: optim.lr)
+    layer_decay: float | None = None  # each lower stage trains at this times the stage above
+    unfreeze_every: int = 1  # gradual: epochs between unfreezing one more stage
+    freeze_bn: bool = False  # keep BatchNorm statistics fixed everywhere
+    adapt_stem: bool = False  # 32x32 data: 3x3 stride-1 first conv, no max-pool
+    stem_init: str = "resize"  # how the 3x3 stem is made from a 7x7 one: resize | center
+    resize: int | None = None  # upsize inputs on the device to this square size (e.g. 128, 224)
+    reset_head: bool = False  # new classifier even when the source's already fits
+
+    def strategy_config(self) -> StrategyConfig:
+        return StrategyConfig(self.strategy, self.lr_head, self.lr_backbone, self.layer_decay, self.unfreeze_every, self.freeze_bn)
+
+    def validate(self) -> None:
+        self.strategy_config().validate()
+        if self.stem_init not in STEM_INITS:
+            raise ConfigError(f"--stem-init {self.stem_init!r}: expected one of {', '.join(STEM_INITS)}")
+        if self.resize is not None and self.resize < 8:
+            raise ConfigError(f"--resize {self.resize}: must be at least 8 pixels")
+        if self.resize is not None and self.adapt_stem:
+            log.warning("--resize with --adapt-stem: the 3x3 stem keeps full resolution, so large inputs cost (resize/32)^2 more compute")
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> "FinetuneOptions":
+        from resnetlab.config import _from_dict  # the config module's typed, key-checked reader
+
+        data = {("source" if k == "from" else k.replace("-", "_")): v for k, v in (data or {}).items()}
+        return _from_dict(cls, data, "finetune.")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class Prepared:
+    """Everything ``engine.train`` needs beyond the config."""
+
+    model: nn.Module
+    schedule: FineTuneSchedule
+    source: SourceWeights | None
+    keys: KeyReport | None
+
+    def on_epoch_start(self, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        self.schedule.apply(epoch, model, optimizer)
+        resize = getattr(model, "finetune_resize", None)
+        if resize:  # the engine records the data's size; the model is trained at the resized one
+            model.meta.input_size = (3, resize, resize)
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def finetune(config: TrainConfig, options: FinetuneOptions, *, splits=None):
+    """Fine-tune per ``options`` and ``config``; returns the engine's ``TrainResult``.
+
+    ``config.model.name`` names the architecture to build (``auto``: the source's); the rest of the
+    config (data, optimizer, schedule, epochs, run dir, device...) means what it means in ``train``.
+    """
+    from resnetlab.engine.distributed import detect
+    from resnetlab.engine.train import train
+    from resnetlab.runs import RunDir, default_run_dir
+
+    options.validate()
+    if not options.source:
+        raise ConfigError("--from: say where the pretrained weights come from (run dir, .pth/.safetensors file, torchvision:NAME.WEIGHTS or timm:NAME)")
+    config = copy.deepcopy(config)
+    splits = splits if splits is not None else _load_splits(config)
+    source = load_source(options.source)
+    model_name = None if config.model.name == AUTO_MODEL else config.model.name
+    model, keys = build_model(
+        source, splits.train.num_classes, model_name=model_name, classes=list(splits.train.classes),
+        adapt_stem=options.adapt_stem, stem_init=options.stem_init, reset_head=options.reset_head,
+    )
+    config.model.name = model.meta.name
+    config.model.options = dict(model.meta.options)
+    _check_input_size(model, splits.train.image_size, options)
+    prepared = _prepare(model, config, options, source, keys, keep_grads=detect().enabled)
+
+    run_dir = RunDir(config.run_dir or default_run_dir(f"{model.meta.name}-ft", config.name))
+    if run_dir.config_path.exists():
+        raise ConfigError(f"run directory {run_dir.path} already holds a run: continue it with --resume {run_dir.path} or choose another --run-dir")
+    config.run_dir = str(run_dir.path)
+    if detect().is_main:
+        _write_records(run_dir.path, options, prepared)
+        _print_plan(prepared, config)
+    return train(config, model=prepared.model, splits=splits, param_groups=prepared.schedule.groups, on_epoch_start=prepared.on_epoch_start)
+
+
+def resume(run_dir: str | Path, config: TrainConfig | None = None):
+    """Continue a fine-tuning run from its newest intact checkpoint (model rebuilt from its metadata)."""
+    from resnetlab.config import read_config
+    from resnetlab.engine.checkpoint import CheckpointManager
+    from resnetlab.engine.distributed import detect
+    from resnetlab.engine.train import train
+    from resnetlab.models.registry import ModelMeta, create_model
+
+    run_dir = Path(run_dir)
+    record = run_dir / OPTIONS_FILE
+    if not record.is_file():
+        raise ConfigError(f"--resume {run_dir}: no {OPTIONS_FILE} there (not a fine-tuning run; use 'resnetlab train --resume')")
+    options = FinetuneOptions.from_dict(json.loads(record.read_text())["options"])
+    config = config if config is not None else read_config(run_dir / "config.yaml")
+    # Only the architecture is needed: the engine loads the weights from the same checkpoint.
+    checkpoint, _ = CheckpointManager(run_dir / "checkpoints").load_newest_intact(map_location="cpu")
+    meta = ModelMeta.from_dict(checkpoint["meta"])
+    model = create_model(meta.name, num_classes=meta.num_classes, **meta.options)
+    model.meta = meta
+    prepared = _prepare(model, config, options, None, None, keep_grads=detect().enabled)
+    return train(config, model=model, param_groups=prepared.schedule.groups, on_epoch_start=prepared.on_epoch_start, resume_from=run_dir)
+
+
+def build_config(recipe: str | Path | dict | None = None, overrides: dict | None = None) -> tuple[TrainConfig, FinetuneOptions]:
+    """Fine-tuning defaults <- recipe <- overrides, split into the train config and the finetune options.
+
+    ``finetune.*`` keys (in the recipe's ``finetune:`` section or as dotted overrides) go to
+    :class:`FinetuneOptions`; everything else is a ``TrainConfig`` key.
+    """
+    from resnetlab.config import build_config as build_train_config, load_recipe
+
+    data = _merge(copy.deepcopy(FINETUNE_DEFAULTS), {})
+    if isinstance(recipe, dict):
+        data = _merge(data, copy.deepcopy(recipe))
+    elif recipe is not None:
+        data = _merge(data, load_recipe(recipe))
+        data["recipe"] = str(recipe)
+    section = dict(data.pop("finetune", None) or {})
+    train_overrides = {}
+    for key, value in (overrides or {}).items():
+        if key.startswith("finetune."):
+            section[key.removeprefix("finetune.")] = value
+        else:
+            train_overrides[key] = value
+    return build_train_config(data, train_overrides), FinetuneOptions.from_dict(section)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _prepare(model, config: TrainConfig, options: FinetuneOptions, source, keys, keep_grads: bool) -> Prepared:
+    schedule = FineTuneSchedule(
+        model, options.strategy_config(), config.optim.lr, config.optim.weight_decay,
+        config.optim.no_decay_bn_bias, keep_grads=keep_grads,
+    )
+    schedule.apply(0, model)  # before DDP wraps the model: it registers only parameters that need grads
+    if options.resize:
+        install_input_resize(model, options.resize)
+    return Prepared(model, schedule, source, keys)
+
+
+def install_input_resize(model: nn.Module, size: int) -> None:
+    """Upsize every input batch to ``size`` x ``size`` on the device, before the first layer.
+
+    ADAPTER (until ``engine.train`` passes ``resize_to`` to ``DeviceLoader``): a forward pre-hook,
+    so it runs on the device after augmentation, in training, validation and the final report.
+    Bilinear upsampling commutes with the per-channel normalization (both are affine), so resizing
+    the normalized batch equals normalizing the resized images. The hook is not in the state dict;
+    the model file records ``input_size`` = (3, size, size) and predictors resize to it.
+    """
+    if getattr(model, "finetune_resize", None) == size:
+        return
+    model.finetune_resize = size
+
+    def hook(module, args):
+        x = args[0]  # (B, 3, H, W)
+        if x.shape[-2:] != (size, size):
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+        return (x, *args[1:])
+
+    model.register_forward_pre_hook(hook)
+    model.meta.input_size = (3, size, size)
+
+
+def _check_input_size(model: nn.Module, image_size: tuple[int, int], options: FinetuneOptions) -> None:
+    """Warn about the classic mistake: 32x32 images into a 7x7/stride-2 + max-pool stem."""
+    height = options.resize or image_size[0]
+    conv1 = getattr(model, "conv1", None)
+    if isinstance(conv1, nn.Conv2d) and conv1.stride[0] > 1 and height <= 64:
+        log.warning(
+            "%dx%d inputs into %s's ImageNet stem (stride-4 downsampling before layer1): the last stage sees "
+            "1x1 maps. Use --adapt-stem or --resize 128 (or more) for small images.", height, height, model.meta.name,
+        )
+
+
+def _write_records(path: Path, options: FinetuneOptions, prepared: Prepared) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    record = {
+        "options": options.to_dict(),
+        "source": prepared.source.describe() if prepared.source else None,
+        "strategy": prepared.schedule.describe(),
+        "unfreeze_plan": [{"epoch": e, "stages": s} for e, s in prepared.schedule.unfreeze_epochs(1000)][:32],
+        "keys": {k: len(v) for k, v in prepared.keys.to_dict().items()} if prepared.keys else None,
+    }
+    atomic_write_text(path / OPTIONS_FILE, json.dumps(record, indent=2) + "\n")
+    if prepared.keys is not None:
+        atomic_write_text(path / KEYS_FILE, json.dumps(prepared.keys.to_dict(), indent=1) + "\n")
+
+
+def _print_plan(prepared: Prepared, config: TrainConfig) -> None:
+    source, schedule = prepared.source, prepared.schedule
+    if source is not None:
+        print(f"weights: {source.origin} ({source.kind}, {source.architecture or 'unknown architecture'})", flush=True)
+        print(f"normalization: {source.normalization_note}", flush=True)
+    if prepared.keys is not None:
+        print(f"keys: {prepared.keys.summary()}", flush=True)
+    scales = ", ".join(f"{k} {v * config.optim.lr:.3g}" for k, v in schedule.scales.items())
+    print(f"strategy: {schedule.config.strategy}; lr per stage: {scales}", flush=True)
+    if schedule.config.strategy == "gradual":
+        plan = "; ".join(f"epoch {e + 1}: +{', '.join(s)}" for e, s in schedule.unfreeze_epochs(config.epochs))
+        print(f"unfreezing: {plan}", flush=True)
+
+
+def _load_splits(config: TrainConfig):
+    from resnetlab.data import load_splits
+
+    d = config.data
+    return load_splits(
+        d.spec, data_dir=d.data_dir, image_size=d.image_size, val_size=d.val_size, seed=d.split_seed,
+        limit_train=d.limit_train, skip_bad=d.skip_bad,
+    )
+
+
+def _merge(base: dict, update: dict) -> dict:
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+    return base

@@ -1,0 +1,330 @@
+"""Where pretrained weights come from: ``--from SOURCE`` resolved into a :class:`SourceWeights`.
+
+A SOURCE is one of
+- a resnetlab run directory, model file (``.safetensors`` + ``.json``) or training checkpoint (``.pt``);
+- a torchvision or timm ResNet ``state_dict`` file (``.pth``/``.pt``/``.bin``, read with
+  ``torch.load(weights_only=True)`` so no pickled code can run) or a plain ``.safetensors`` file;
+- named weights ``torchvision:resnet50.IMAGENET1K_V2`` or ``timm:resnet50.a1_in1k``, fetched through
+  those libraries' own APIs (their caches make a second use offline).
+
+torchvision and timm ResNets share module names (conv1, bn1, layer1..4, fc), and resnetlab's
+ImageNet ResNets use the same names, so their state dicts map key for key.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from resnetlab.errors import CheckpointError, ConfigError
+from resnetlab.models.registry import IMAGENET_MEAN, IMAGENET_STD, ModelMeta
+
+# Wrappers training scripts put around a state dict ({"state_dict": ...} in Lightning and timm's
+# train.py, {"model": ...} in torchvision's references and DeiT), tried in this order.
+WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "state_dict_ema", "model_ema", "net", "module")
+# Prefixes DDP, torch.compile and Lightning add to every key.
+KEY_PREFIXES = ("module.", "_orig_mod.", "model.")
+STATE_DICT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar")
+
+# (block, blocks per stage) -> registered name; He et al. 2016, Table 1.
+RESNET_LAYOUTS = {
+    ("basic", (2, 2, 2, 2)): "resnet18",
+    ("basic", (3, 4, 6, 3)): "resnet34",
+    ("bottleneck", (3, 4, 6, 3)): "resnet50",
+    ("bottleneck", (3, 4, 23, 3)): "resnet101",
+    ("bottleneck", (3, 8, 36, 3)): "resnet152",
+}
+
+
+@dataclass
+class SourceWeights:
+    """Pretrained weights plus what is known about how they were trained."""
+
+    state_dict: dict[str, torch.Tensor]
+    origin: str  # what the user passed, for messages and the run's record
+    kind: str  # resnetlab | torchvision | timm | state-dict
+    architecture: str | None = None  # registered resnetlab name (known or inferred from the keys)
+    options: dict = field(default_factory=dict)  # create_model options of a resnetlab source
+    classifier: str = "fc"  # attribute path of the source's classifier
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    normalization_note: str = ""  # where mean/std came from
+    input_size: tuple[int, int, int] | None = None
+    classes: list[str] | None = None
+
+    def describe(self) -> dict:
+        """A JSON-able record of the source (no tensors)."""
+        return {
+            "from": self.origin,
+            "kind": self.kind,
+            "architecture": self.architecture,
+            "options": self.options,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "normalization": self.normalization_note,
+            "input_size": list(self.input_size) if self.input_size else None,
+            "num_classes": self.num_classes,
+        }
+
+    @property
+    def num_classes(self) -> int | None:
+        weight = self.state_dict.get(f"{self.classifier}.weight")
+        return int(weight.shape[0]) if weight is not None else None
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def load_source(source: str | Path) -> SourceWeights:
+    """Resolve ``--from SOURCE`` (see the module docstring) into weights on the CPU."""
+    text = str(source)
+    match = re.match(r"^(torchvision|timm):(.+)$", text)
+    if match:
+        return fetch_named(match.group(1), match.group(2))
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise CheckpointError(
+            f"--from {text}: no such file or directory (expected a run directory, a model/state-dict file, "
+            "or named weights like torchvision:resnet50.IMAGENET1K_V2 or timm:resnet50.a1_in1k)"
+        )
+    if path.is_dir() or _has_resnetlab_sidecar(path):
+        return _from_resnetlab_model(path)
+    if path.suffix == ".safetensors":
+        return _finish(_read_safetensors(path), origin=text, kind="state-dict")
+    if path.suffix in STATE_DICT_SUFFIXES:
+        return _from_torch_file(path)
+    raise CheckpointError(
+        f"--from {text}: unrecognised file type {path.suffix!r} (expected .pth/.pt/.bin/.ckpt, .safetensors, or a run directory)"
+    )
+
+
+# --------------------------------------------------------------------------- named weights
+
+
+def fetch_named(library: str, name: str) -> SourceWeights:
+    """``torchvision:<model>.<WEIGHTS>`` or ``timm:<model>.<tag>``, through the library's own loader."""
+    origin = f"{library}:{name}"
+    if library == "torchvision":
+        return _fetch_torchvision(origin, name)
+    return _fetch_timm(origin, name)
+
+
+def _fetch_torchvision(origin: str, name: str) -> SourceWeights:
+    import torchvision.models as tvm
+
+    arch, _, tag = name.partition(".")
+    try:
+        enum = tvm.get_model_weights(arch)
+    except (ValueError, KeyError) as exc:
+        raise ConfigError(f"--from {origin}: torchvision has no model {arch!r}") from exc
+    tag = tag or "DEFAULT"
+    if tag not in enum.__members__:
+        raise ConfigError(f"--from {origin}: torchvision {arch} has no weights {tag!r}; known: {', '.join(enum.__members__)}")
+    weights = enum[tag]
+    try:
+        state = weights.get_state_dict(progress=False, check_hash=True)
+    except Exception as exc:  # URLError offline, HTTPError, hash mismatch: all mean "could not fetch"
+        raise CheckpointError(
+            f"--from {origin}: could not fetch the weights ({_first_line(exc)}). Without internet, download "
+            f"{weights.url} on another machine and pass the file: --from path/to/{Path(weights.url).name}"
+        ) from exc
+    transform = weights.transforms()
+    crop = int(transform.crop_size[0])
+    source = _finish(
+        dict(state),
+        origin=origin,
+        kind="torchvision",
+        mean=tuple(transform.mean),
+        std=tuple(transform.std),
+        note=f"{origin} preprocessing (torchvision weights metadata)",
+    )
+    source.input_size = (3, crop, crop)
+    source.classes = list(weights.meta.get("categories") or []) or None
+    return source
+
+
+def _fetch_timm(origin: str, name: str) -> SourceWeights:
+    try:
+        import timm
+    except ImportError as exc:
+        raise CheckpointError(
+            f"--from {origin}: timm is not installed (pip install timm), or pass a downloaded state-dict file "
+            "with --from path/to/model.safetensors"
+        ) from exc
+    try:
+        model = timm.create_model(name, pretrained=True)
+    except RuntimeError as exc:
+        if "Unknown model" in str(exc):
+            raise ConfigError(f"--from {origin}: timm has no model {name!r}") from exc
+        raise _timm_fetch_error(origin, name, exc) from exc
+    except Exception as exc:  # huggingface_hub errors offline, HTTP errors, missing files
+        raise _timm_fetch_error(origin, name, exc) from exc
+    cfg = dict(getattr(model, "pretrained_cfg", {}) or {})
+    source = _finish(
+        model.state_dict(),
+        origin=origin,
+        kind="timm",
+        mean=tuple(cfg.get("mean", IMAGENET_MEAN)),
+        std=tuple(cfg.get("std", IMAGENET_STD)),
+        note=f"{origin} pretrained_cfg (timm)",
+        classifier=cfg.get("classifier", "fc"),
+    )
+    if cfg.get("input_size"):
+        source.input_size = tuple(cfg["input_size"])
+    return source
+
+
+def _timm_fetch_error(origin: str, name: str, exc: Exception) -> CheckpointError:
+    hub = f"https://huggingface.co/timm/{name}" if "." in name else "the Hugging Face hub (timm/<model>.<tag>)"
+    return CheckpointError(
+        f"--from {origin}: could not fetch the weights ({_first_line(exc)}). Without internet, download "
+        f"model.safetensors from {hub} on another machine and pass the file: --from path/to/model.safetensors"
+    )
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _has_resnetlab_sidecar(path: Path) -> bool:
+    if path.suffix not in (".safetensors", ".json"):
+        return False
+    sidecar = path.with_suffix(".json")
+    if not sidecar.is_file():
+        return False
+    try:
+        return json.loads(sidecar.read_text()).get("format") == "resnetlab-model"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _from_resnetlab_model(path: Path) -> SourceWeights:
+    from resnetlab.models.files import read_model_info, resolve_model_path
+
+    weights_path = resolve_model_path(path)
+    meta = ModelMeta.from_dict(read_model_info(weights_path)["meta"])
+    return _resnetlab_source(_read_safetensors(weights_path), meta, str(path))
+
+
+def _resnetlab_source(state: dict, meta: ModelMeta, origin: str) -> SourceWeights:
+    return SourceWeights(
+        state_dict=state,
+        origin=origin,
+        kind="resnetlab",
+        architecture=meta.name,
+        options=dict(meta.options),
+        classifier=meta.classifier,
+        mean=tuple(meta.mean),
+        std=tuple(meta.std),
+        normalization_note=f"the mean/std {origin} was trained with (model metadata)",
+        input_size=tuple(meta.input_size),
+        classes=list(meta.classes) if meta.classes else None,
+    )
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as exc:  # safetensors raises its own types for truncated or corrupt headers
+        raise CheckpointError(f"{path}: corrupt or truncated safetensors file ({_first_line(exc)})") from exc
+
+
+def _from_torch_file(path: Path) -> SourceWeights:
+    from resnetlab.models.files import CHECKPOINT_KIND
+
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # UnpicklingError for code-carrying pickles; RuntimeError/EOFError for truncation
+        raise CheckpointError(
+            f"{path}: refused to load ({type(exc).__name__}: {_first_line(exc)}). Only plain tensors and "
+            "containers are accepted (torch.load weights_only=True); re-save the file as a state_dict"
+        ) from exc
+    if isinstance(payload, dict) and payload.get("kind") == CHECKPOINT_KIND:
+        if not isinstance(payload.get("model"), dict) or not isinstance(payload.get("meta"), dict):
+            raise CheckpointError(f"{path}: resnetlab checkpoint without 'model' and 'meta' entries")
+        return _resnetlab_source(dict(payload["model"]), ModelMeta.from_dict(payload["meta"]), str(path))
+    return _finish(unwrap_state_dict(payload, path), origin=str(path), kind="state-dict")
+
+
+def unwrap_state_dict(payload, path: Path | str = "<state dict>") -> dict[str, torch.Tensor]:
+    """The tensor mapping inside a saved object: unwrap ``{"state_dict": ...}``-style wrappers and
+    strip the ``module.``/``_orig_mod.`` prefixes DDP and torch.compile add."""
+    for _ in range(3):  # wrappers nest at most a couple of levels in practice
+        if isinstance(payload, dict) and not _is_state_dict(payload):
+            inner = next((payload[k] for k in WRAPPER_KEYS if isinstance(payload.get(k), dict)), None)
+            if inner is None:
+                break
+            payload = inner
+    if not isinstance(payload, dict) or not _is_state_dict(payload):
+        shown = sorted(map(str, payload))[:6] if isinstance(payload, dict) else type(payload).__name__
+        raise CheckpointError(f"{path}: no state dict of tensors found (top-level entries: {shown})")
+    state = {str(k): v for k, v in payload.items() if isinstance(v, torch.Tensor)}
+    for prefix in KEY_PREFIXES:
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+def _is_state_dict(payload: dict) -> bool:
+    tensors = sum(isinstance(v, torch.Tensor) for v in payload.values())
+    return tensors > 0 and tensors >= len(payload) // 2
+
+
+def _finish(state: dict, *, origin: str, kind: str, mean=IMAGENET_MEAN, std=IMAGENET_STD, note: str = "", classifier: str = "fc") -> SourceWeights:
+    """A torchvision/timm-style ResNet state dict: infer the architecture from its keys."""
+    if not note:
+        # A bare state dict carries no preprocessing record; torchvision and timm ResNets are
+        # ImageNet-trained with these statistics, so they are the right default.
+        note = "ImageNet mean/std (assumed: a bare state dict records no normalization)"
+    return SourceWeights(
+        state_dict=state,
+        origin=origin,
+        kind=kind,
+        architecture=infer_resnet_architecture(state),
+        options={"cifar_stem": True} if _stem_kernel(state) == 3 else {},
+        classifier=classifier,
+        mean=tuple(mean),
+        std=tuple(std),
+        normalization_note=note,
+    )
+
+
+def infer_resnet_architecture(state: dict[str, torch.Tensor]) -> str | None:
+    """``resnet18``... from a torchvision-style ResNet state dict, or None when the layout is not one."""
+    blocks = []
+    for stage in range(1, 5):
+        indices = {int(m.group(1)) for k in state if (m := re.match(rf"^layer{stage}\.(\d+)\.", k))}
+        if not indices:
+            return None
+        blocks.append(max(indices) + 1)
+    block = "bottleneck" if "layer1.0.conv3.weight" in state else "basic"
+    width = state.get("layer1.0.conv1.weight")
+    if width is None or int(width.shape[0]) != 64:  # wide_resnet50_2 and friends: not registered
+        return None
+    return RESNET_LAYOUTS.get((block, tuple(blocks)))
+
+
+def describe_layout(state: dict[str, torch.Tensor]) -> str:
+    """A short human description of a ResNet-like state dict, for error messages."""
+    blocks = []
+    for stage in range(1, 5):
+        indices = {int(m.group(1)) for k in state if (m := re.match(rf"^layer{stage}\.(\d+)\.", k))}
+        if indices:
+            blocks.append(str(max(indices) + 1))
+    block = "bottleneck" if any(".conv3." in k for k in state) else "basic"
+    return f"{block} blocks {'-'.join(blocks)}" if blocks else f"{len(state)} tensors, not a ResNet layout"
+
+
+def _stem_kernel(state: dict[str, torch.Tensor]) -> int | None:
+    weight = state.get("conv1.weight")
+    return int(weight.shape[-1]) if weight is not None and weight.ndim == 4 else None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
