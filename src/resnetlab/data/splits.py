@@ -1,0 +1,164 @@
+"""From a DATA spec to train/val/test: seeded stratified validation split, quick-run limits and
+the training statistics used for normalization."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from resnetlab.data.archives import is_archive
+from resnetlab.data.cifar import CIFAR, detect_cifar, load_cifar, load_cifar_path
+from resnetlab.data.folders import load_image_folder
+from resnetlab.data.imageset import DataSplits, ImageSet
+from resnetlab.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+# He et al. 2016 (Sec. 4.2) hold out 5k of CIFAR-10's 50k training images for validation.
+CIFAR_VAL_SIZE = 5000
+DEFAULT_VAL_FRACTION = 0.1
+
+
+def load_splits(
+    spec: str | os.PathLike,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    image_size: int | None = None,
+    val_size: int | None = None,
+    seed: int = 0,
+    limit_train: int | None = None,
+    skip_bad: bool = False,
+) -> DataSplits:
+    """Load DATA (``cifar10``, ``cifar100``, a CIFAR archive/folder, an image folder or an archive
+    of one) as train/val/test.
+
+    Without a val set in the data, ``val_size`` images (default: 5,000 for CIFAR, else 10%, at
+    least one per class) are carved from train, stratified and seeded. ``limit_train`` keeps the
+    first N of a stratified shuffle of train. Mean/std come from the carved train split (before
+    ``limit_train``, so quick runs normalize like full ones) and are carried by val and test.
+    """
+    parts, name, is_cifar = _load_parts(spec, data_dir=data_dir, image_size=image_size, skip_bad=skip_bad)
+    if image_size is not None and is_cifar and image_size != 32:
+        log.info("image_size=%d ignored for %s (32x32); use the loader's resize_to", image_size, name)
+    train, val, test = parts["train"], parts.get("val"), parts.get("test")
+    if val is None:
+        size = val_size if val_size is not None else default_val_size(train, is_cifar)
+        if size:
+            train_idx, val_idx = stratified_split(train.labels, size, seed)
+            train, val = train.subset(train_idx), train.subset(val_idx)
+    elif val_size not in (None, 0) and val_size != len(val):
+        log.info("%s has its own val/ split (%d images); val_size=%d ignored", name, len(val), val_size)
+    mean, std = channel_stats(train.images)
+    if limit_train is not None:
+        if limit_train < 1:
+            raise ConfigError(f"limit_train (--limit-train) must be a positive integer, got {limit_train}")
+        order = stratified_order(train.labels, seed)
+        train = train.subset(order[:limit_train])
+    for part in (train, val, test):
+        if part is not None:
+            part.mean, part.std = mean, std
+    return DataSplits(train=train, val=val, test=test, name=name)
+
+
+def _load_parts(spec, *, data_dir, image_size, skip_bad) -> tuple[dict[str, ImageSet], str, bool]:
+    text = str(spec)
+    key = text.lower().replace("-", "")
+    if key in CIFAR and not Path(text).exists():
+        return load_cifar(key, data_dir), key, True
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise DataError(
+            f"DATA {text!r}: no such file or folder (expected cifar10, cifar100, an image folder, "
+            "or a .tar/.tar.gz/.tgz/.zip archive of one)"
+        )
+    if not os.access(path, os.R_OK):
+        raise DataError(f"{path}: not readable (permission denied)")
+    record = detect_cifar(path)
+    if record is not None:
+        return load_cifar_path(path, data_dir), record.name, True
+    if path.is_file() and not is_archive(path):
+        raise DataError(f"{path}: not a folder or a .tar/.tar.gz/.tgz/.zip archive of image folders")
+    name = path.name.split(".")[0] or str(path)
+    return load_image_folder(path, image_size=image_size, skip_bad=skip_bad, data_dir=data_dir), name, False
+
+
+def default_val_size(train: ImageSet, is_cifar: bool) -> int:
+    if is_cifar:
+        return CIFAR_VAL_SIZE
+    return max(round(DEFAULT_VAL_FRACTION * len(train)), train.num_classes)
+
+
+def stratified_split(labels: torch.Tensor, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded (train_idx, val_idx) with val class proportions matching the data's.
+
+    Each class gets ``val_size * share`` rounded by largest remainder, at least 1 when
+    ``val_size`` allows it, and always keeps at least one training image.
+    """
+    labels = torch.as_tensor(labels)
+    n = len(labels)
+    counts = torch.bincount(labels)
+    present = (counts > 0).nonzero().flatten().tolist()
+    if not 0 < val_size <= n - len(present):
+        raise ConfigError(
+            f"val_size (--val-size) must be between 1 and {n - len(present)} for {n} training images "
+            f"in {len(present)} classes, got {val_size}"
+        )
+    exact = {c: val_size * counts[c].item() / n for c in present}
+    quota = {c: int(exact[c]) for c in present}
+    if val_size >= len(present):  # at least one of every class, when there is room
+        quota = {c: max(1, q) for c, q in quota.items()}
+    for c in sorted(present, key=lambda c: exact[c] - int(exact[c]), reverse=True):
+        if sum(quota.values()) >= val_size:
+            break
+        quota[c] += 1
+    while sum(quota.values()) > val_size:  # the max(1, .) bump may overshoot: take from the largest
+        c = max(quota, key=lambda c: (quota[c], -c))
+        quota[c] -= 1
+    for c in present:  # never empty a class in train
+        quota[c] = min(quota[c], counts[c].item() - 1)
+    generator = torch.Generator().manual_seed(seed)
+    train_idx, val_idx = [], []
+    for c in present:
+        members = (labels == c).nonzero().flatten()
+        members = members[torch.randperm(len(members), generator=generator)]
+        val_idx.append(members[: quota[c]])
+        train_idx.append(members[quota[c] :])
+    return torch.cat(train_idx).sort().values, torch.cat(val_idx).sort().values
+
+
+def stratified_order(labels: torch.Tensor, seed: int) -> torch.Tensor:
+    """A seeded ordering of all indices whose every prefix keeps the class proportions.
+
+    Each image gets the key (rank within its shuffled class + jitter) / class size; sorting by it
+    interleaves the classes evenly, so ``order[:N]`` is a stratified sample of size N.
+    """
+    labels = torch.as_tensor(labels)
+    generator = torch.Generator().manual_seed(seed + 1)  # differs from the split's stream
+    keys = torch.empty(len(labels), dtype=torch.float64)
+    jitter = torch.rand(len(labels), generator=generator, dtype=torch.float64)
+    for c in torch.unique(labels).tolist():
+        members = (labels == c).nonzero().flatten()
+        members = members[torch.randperm(len(members), generator=generator)]
+        keys[members] = (torch.arange(len(members), dtype=torch.float64) + jitter[members]) / len(members)
+    return torch.argsort(keys, stable=True)
+
+
+def channel_stats(images: torch.Tensor, chunk: int = 1024) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std in [0, 1] of uint8 (N, H, W, 3) images, in float64 chunks."""
+    total = torch.zeros(3, dtype=torch.float64)
+    total_sq = torch.zeros(3, dtype=torch.float64)
+    count = 0
+    for start in range(0, len(images), chunk):
+        block = images[start : start + chunk].reshape(-1, 3).to(torch.float64)
+        total += block.sum(0)
+        total_sq += (block * block).sum(0)
+        count += block.shape[0]
+    if count == 0:
+        raise DataError("cannot compute mean/std of an empty training set")
+    mean = total / count
+    std = (total_sq / count - mean * mean).clamp_min(0).sqrt()
+    mean, std = mean / 255.0, (std / 255.0).clamp_min(1e-6)
+    return tuple(round(v, 6) for v in mean.tolist()), tuple(round(v, 6) for v in std.tolist())
