@@ -204,24 +204,49 @@ def per_class_png(metrics: dict) -> bytes:
         return _png(fig)
 
 
+def _fit(image: np.ndarray, side: int) -> np.ndarray:
+    """Resize to side x side: nearest when enlarging (keeps pixels visible), bilinear when shrinking."""
+    from PIL import Image
+
+    pil = Image.fromarray(image)
+    resample = Image.NEAREST if max(image.shape[:2]) <= side else Image.BILINEAR
+    return np.asarray(pil.resize((side, side), resample))
+
+
 def wrong_images_png(images: np.ndarray, true: list[str], pred: list[str], confidence: np.ndarray, columns: int = 6) -> bytes:
-    """A grid of images (uint8 N, H, W, 3) labelled with true and predicted class and confidence."""
+    """A grid of images (uint8 N, H, W, 3) labelled with true and predicted class and confidence.
+
+    The grid is one mosaic image in one axes with text on top: dozens of small axes would make
+    matplotlib's layout cost seconds.
+    """
     count = len(images)
-    with plt.rc_context(STYLE | {"axes.grid": False}):
-        if count == 0:
+    if count == 0:
+        with plt.rc_context(STYLE | {"axes.grid": False}):
             fig, ax = plt.subplots(figsize=(6, 1.5))
             ax.axis("off")
             ax.text(0.5, 0.5, "No wrong predictions.", ha="center", va="center", fontsize=13)
             return _png(fig)
-        cols = min(columns, count)
-        rows = int(np.ceil(count / cols))
-        fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 2.25 * rows), squeeze=False)
-        for ax in axes.ravel():
-            ax.axis("off")
-        for i in range(count):
-            ax = axes.ravel()[i]
-            ax.imshow(images[i], interpolation="nearest")
-            ax.set_title(f"true: {true[i]}\npred: {pred[i]} ({confidence[i]:.0%})", fontsize=8.5, color="#991b1b", fontweight="normal")
-        fig.suptitle("Most confidently wrong predictions", fontsize=12, fontweight="bold")
-        fig.tight_layout()
-        return _png(fig)
+    cols = min(columns, count)
+    rows = int(np.ceil(count / cols))
+    side, cell_w, label_h, header = 136, 184, 44, 40  # pixels at DPI
+    cell_h = side + label_h + 12
+    width, height = cols * cell_w, rows * cell_h + header
+    canvas = np.full((height, width, 3), 255, dtype=np.uint8)
+    fig = plt.figure(figsize=(width / DPI, height / DPI), dpi=DPI)
+    ax = fig.add_axes((0, 0, 1, 1))
+    for i in range(count):
+        r, c = divmod(i, cols)
+        x0 = c * cell_w + (cell_w - side) // 2
+        y0 = header + r * cell_h + label_h
+        canvas[y0: y0 + side, x0: x0 + side] = _fit(images[i], side)
+        ax.text(c * cell_w + cell_w / 2, y0 - 4, f"true: {true[i]}\npred: {pred[i]} ({confidence[i]:.0%})",
+                ha="center", va="bottom", fontsize=8.5, color="#991b1b")
+    ax.imshow(canvas, interpolation="nearest", extent=(0, width, height, 0))
+    ax.text(width / 2, header / 2, "Most confidently wrong predictions", ha="center", va="center", fontsize=12, fontweight="bold")
+    ax.set_xlim(0, width)
+    ax.set_ylim(height, 0)
+    ax.set_axis_off()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI, facecolor="white")
+    plt.close(fig)
+    return buffer.getvalue()

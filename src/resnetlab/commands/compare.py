@@ -1,0 +1,40 @@
+"""``resnetlab compare``: a table of runs with intervals, and overlaid training curves."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+EPILOG = """\
+examples:
+  resnetlab compare runs/plain20 runs/resnet20
+  resnetlab compare runs/resnet20-seeds runs/resnet56-seeds --out compare-depth
+
+A multi-seed run (trained with --seeds, holding seed-N/ folders) is one row: mean ± std over seeds.
+Writes compare.md, compare.json, curves.png, error_curves.png and, when the runs logged gradient
+norms (train --log-grad-norms), grad_norms.png.
+"""
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "compare",
+        help="compare runs: table of accuracy with intervals, overlaid training curves",
+        description="Compare run directories (or multi-seed parents): model, params, recipe, epochs, time, "
+        "validation/test accuracy with intervals; overlaid curves.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories or multi-seed parents")
+    p.add_argument("--out", default="compare", help="output directory for compare.md/json and plots (default: ./compare)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from resnetlab.evaluation.compare import compare_runs
+
+    result = compare_runs(args.runs, args.out, command="resnetlab " + shlex.join(sys.argv[1:]) if "resnetlab" in sys.argv[0] else None)
+    print(result["table"])
+    print(f"wrote {', '.join(result['files'])} to {args.out}")
+    return 0
