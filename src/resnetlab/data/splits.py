@@ -117,8 +117,12 @@ def stratified_split(labels: torch.Tensor, val_size: int, seed: int) -> tuple[to
     while sum(quota.values()) > val_size:  # the max(1, .) bump may overshoot: take from the largest
         c = max(quota, key=lambda c: (quota[c], -c))
         quota[c] -= 1
-    for c in present:  # never empty a class in train
+    for c in present:  # never empty a class in train...
         quota[c] = min(quota[c], counts[c].item() - 1)
+    for c in sorted(present, key=lambda c: counts[c].item() - 1 - quota[c], reverse=True):
+        if sum(quota.values()) >= val_size:  # ...and give what that freed to classes with room
+            break
+        quota[c] += min(counts[c].item() - 1 - quota[c], val_size - sum(quota.values()))
     generator = torch.Generator().manual_seed(seed)
     train_idx, val_idx = [], []
     for c in present:
@@ -146,19 +150,21 @@ def stratified_order(labels: torch.Tensor, seed: int) -> torch.Tensor:
     return torch.argsort(keys, stable=True)
 
 
-def channel_stats(images: torch.Tensor, chunk: int = 1024) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std in [0, 1] of uint8 (N, H, W, 3) images, in float64 chunks."""
-    total = torch.zeros(3, dtype=torch.float64)
-    total_sq = torch.zeros(3, dtype=torch.float64)
-    count = 0
-    for start in range(0, len(images), chunk):
-        block = images[start : start + chunk].reshape(-1, 3).to(torch.float64)
-        total += block.sum(0)
-        total_sq += (block * block).sum(0)
-        count += block.shape[0]
-    if count == 0:
+def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std in [0, 1] of uint8 (N, H, W, 3) images.
+
+    Exact and fast: a 256-bin histogram per channel (no float copy of the whole dataset), then
+    mean and variance from the histogram in float64.
+    """
+    if len(images) == 0:
         raise DataError("cannot compute mean/std of an empty training set")
-    mean = total / count
-    std = (total_sq / count - mean * mean).clamp_min(0).sqrt()
-    mean, std = mean / 255.0, (std / 255.0).clamp_min(1e-6)
-    return tuple(round(v, 6) for v in mean.tolist()), tuple(round(v, 6) for v in std.tolist())
+    values = torch.arange(256, dtype=torch.float64)
+    means, stds = [], []
+    for c in range(3):
+        hist = torch.bincount(images[..., c].reshape(-1), minlength=256).to(torch.float64)
+        count = hist.sum()
+        mean = (hist * values).sum() / count
+        var = (hist * (values - mean) ** 2).sum() / count
+        means.append(round(float(mean) / 255.0, 6))
+        stds.append(round(max(float(var.sqrt()) / 255.0, 1e-6), 6))
+    return tuple(means), tuple(stds)
