@@ -1,0 +1,201 @@
+"""`resnetlab export`: ONNX parity for every registered model, metadata, TorchScript round trip."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+import resnetlab
+from resnetlab.cli import main
+from resnetlab.inference import export as export_module
+from resnetlab.inference.export import (
+    INPUT_NAME,
+    OUTPUT_NAME,
+    TORCHSCRIPT_META_FILE,
+    ExportParityError,
+    export_onnx,
+    export_torchscript,
+)
+from resnetlab.models import create_model, list_models
+from resnetlab.errors import CheckpointError
+from resnetlab.inference.predictor import Predictor
+from resnetlab.models.files import load_model_file, save_model_file
+
+CLASSES = ["alpha", "beta", "gamma", "delta"]
+
+
+def calibrate_batchnorm(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Give BatchNorm the statistics of one random batch, as training would.
+
+    With freshly initialized running stats (mean 0, var 1) every BN is the identity in eval mode and
+    activations of deep ResNets grow with depth (1e9 logits for resnet110, inf for resnet1202), which
+    says nothing about the export; calibrated models behave like trained ones.
+    """
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()
+            module.momentum = None  # cumulative average: one batch sets the stats exactly
+    model.train()
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        model(torch.randn((8, *model.meta.input_size), generator=generator))
+    return model.eval()
+
+
+def _small_model(name: str, num_classes: int = 4) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=num_classes)
+    if model.meta.input_size[1] > 64:
+        model.meta.input_size = (3, 64, 64)  # ImageNet-shaped nets: "at small size", same graph
+    model.meta.classes = [f"class_{i}" for i in range(num_classes)]
+    return calibrate_batchnorm(model)
+
+
+# Exporting costs ~0.3-1 s per 100 layers on 2 CPU cores. A few small nets run on every test run;
+# the rest (and any model registered later) run under the slow marker; the huge ones are skipped.
+FAST = {"cnn_baseline", "fastnet94", "plain20", "resnet20"}
+HUGE = {
+    "resnet1202": "1202 layers: minutes to trace on CPU; its blocks are resnet20's",
+    "resnet101": "42M params: its bottleneck blocks are covered by resnet50",
+    "resnet152": "58M params: its bottleneck blocks are covered by resnet50",
+    "wrn28_10": "36M params: its blocks are covered by wrn16_8",
+}
+
+
+def _params():
+    for name in list_models():
+        if name in FAST:
+            yield pytest.param(name, id=name)
+        elif name in HUGE:
+            yield pytest.param(name, id=name, marks=pytest.mark.skip(reason=f"huge: {HUGE[name]}"))
+        else:
+            yield pytest.param(name, id=name, marks=pytest.mark.slow)
+
+
+@pytest.mark.parametrize("name", list(_params()))
+def test_onnx_parity_for_every_registered_model(name, tmp_path):
+    model = _small_model(name)
+    result = export_onnx(model, tmp_path / f"{name}.onnx")
+    assert result.path.is_file() and result.sidecar.is_file()
+    assert result.max_abs_diff <= result.tolerance
+    # Independent check through the ONNX Predictor at a batch size never traced (5).
+    onnx_predictor = resnetlab.load(result.path)
+    torch_predictor = Predictor.from_model(model)
+    images = torch.randint(0, 256, (5, *onnx_predictor.image_size, 3), dtype=torch.uint8)
+    expected = torch_predictor.logits(images)
+    got = onnx_predictor.logits(images)
+    assert got.shape == (5, 4)
+    assert torch.allclose(got, expected, atol=1e-4 * max(1.0, float(expected.abs().max())), rtol=0)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    model = _small_model("resnet20")
+    model.meta.classes = list(CLASSES)
+    path = tmp_path_factory.mktemp("run")
+    save_model_file(model, path, extra={"test_acc": 0.5})
+    return path
+
+
+@pytest.fixture(scope="module")
+def onnx_export(run_dir) -> tuple[Path, str]:
+    """The CLI export of ``run_dir`` (done once) and what it printed."""
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        assert main(["export", str(run_dir), "--format", "onnx"]) == 0
+    return run_dir / "model.onnx", stdout.getvalue()
+
+
+def test_onnx_file_layout_and_metadata(run_dir, onnx_export):
+    path, out = onnx_export
+    assert "max abs diff" in out and str(path) in out
+    proto = onnx.load(str(path))
+    assert [i.name for i in proto.graph.input] == [INPUT_NAME]
+    assert [o.name for o in proto.graph.output] == [OUTPUT_NAME]
+    batch_dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
+    assert batch_dim.dim_param and not batch_dim.dim_value  # symbolic batch dimension
+    assert [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim[1:]] == [3, 32, 32]
+    props = {p.key: p.value for p in proto.metadata_props}
+    assert json.loads(props["classes"]) == CLASSES
+    assert props["architecture"] == "resnet20"
+    assert json.loads(props["input_size"]) == [3, 32, 32]
+    assert json.loads(props["mean"]) == pytest.approx(list(resnetlab.create_model("resnet20").meta.mean))
+    sidecar = json.loads((run_dir / "model.onnx.json").read_text())
+    assert sidecar["meta"]["classes"] == CLASSES and sidecar["input"] == INPUT_NAME
+    assert sidecar["max_abs_diff"] <= sidecar["tolerance"]
+
+
+def test_predict_runs_the_onnx_file(run_dir, onnx_export, tmp_path):
+    from PIL import Image
+
+    image = tmp_path / "x.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (50, 40, 3), dtype=np.uint8)).save(image)
+    onnx_json, torch_json = tmp_path / "onnx.json", tmp_path / "torch.json"
+    assert main(["predict", str(run_dir / "model.onnx"), str(image), "--output", str(onnx_json), "-q"]) == 0
+    assert main(["predict", str(run_dir), str(image), "--output", str(torch_json), "-q"]) == 0
+    a = json.loads(onnx_json.read_text())
+    b = json.loads(torch_json.read_text())
+    assert a["backend"] == "onnxruntime" and b["backend"] == "torch"
+    top_a, top_b = a["predictions"][0]["top_k"], b["predictions"][0]["top_k"]
+    assert [t["class"] for t in top_a] == [t["class"] for t in top_b]
+    assert [t["probability"] for t in top_a] == pytest.approx([t["probability"] for t in top_b], abs=1e-5)
+
+
+def test_onnx_without_metadata_props_falls_back_to_sidecar(onnx_export, tmp_path):
+    path = tmp_path / "bare.onnx"
+    shutil.copy(onnx_export[0].with_name("model.onnx.json"), tmp_path / "bare.onnx.json")
+    proto = onnx.load(str(onnx_export[0]))
+    del proto.metadata_props[:]
+    onnx.save(proto, str(path))
+    assert resnetlab.load(path).classes == CLASSES
+    (tmp_path / "bare.onnx.json").unlink()
+    with pytest.raises(CheckpointError, match="no resnetlab metadata"):
+        resnetlab.load(path)
+
+
+def test_parity_failure_is_loud_and_writes_nothing(run_dir, tmp_path, monkeypatch):
+    other = _small_model("cnn_baseline")  # a different network: its ONNX cannot match resnet20
+    other_bytes, _ = export_module._onnx_bytes(other, torch.randn(2, 3, 32, 32), 17, "legacy")
+    monkeypatch.setattr(export_module, "_onnx_bytes", lambda *args, **kwargs: (other_bytes, "legacy"))
+    target = tmp_path / "wrong.onnx"
+    with pytest.raises(ExportParityError, match="max abs"):
+        export_onnx(load_model_file(run_dir), target)
+    assert not target.exists() and not (tmp_path / "wrong.onnx.json").exists()
+
+
+def test_torchscript_round_trip(run_dir, capsys):
+    assert main(["export", str(run_dir), "--format", "torchscript"]) == 0
+    path = run_dir / "model.torchscript.pt"
+    files = {TORCHSCRIPT_META_FILE: ""}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        loaded = torch.jit.load(str(path), _extra_files=files)
+    meta = json.loads(files[TORCHSCRIPT_META_FILE])
+    assert meta["classes"] == CLASSES and meta["name"] == "resnet20"
+    model = load_model_file(run_dir).eval()
+    x = torch.randn(3, 3, 32, 32)  # batch size not used when tracing
+    with torch.no_grad(), torch.jit.optimized_execution(False):
+        assert torch.allclose(loaded(x), model(x), atol=1e-5)
+
+
+def test_unknown_format_and_missing_model_are_user_errors(run_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["export", str(run_dir), "--format", "tflite"])
+    assert main(["export", str(tmp_path / "missing"), "--format", "onnx"]) == 1
+    assert "not found" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_dynamo_exporter_also_works(run_dir, tmp_path):
+    result = export_onnx(load_model_file(run_dir), tmp_path / "dynamo.onnx", exporter="dynamo")
+    assert result.exporter == "dynamo"
+    assert resnetlab.load(result.path).classes == CLASSES
