@@ -105,7 +105,7 @@ def decode_bytes(data: bytes | memoryview, image_size: int | None = None) -> np.
         except UnidentifiedImageError:
             raise BadImage("is not an image PIL can read (unknown format or corrupt header)") from None
         except (OSError, SyntaxError, ValueError) as exc:
-            raise BadImage(f"has a corrupt header ({exc})") from None
+            raise BadImage(f"is corrupt or truncated (cannot read its header: {exc})") from None
         width, height = image.size
         if width * height > MAX_PIXELS:
             raise BadImage(

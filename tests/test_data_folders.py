@@ -1,0 +1,217 @@
+"""Image folders and archives of them: layouts, class order, modes to RGB, resizing, the cache."""
+
+from __future__ import annotations
+
+import logging
+import tarfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from resnetlab.data import decode, load_splits
+from resnetlab.data.folders import load_image_folder
+from resnetlab.errors import DataError
+
+
+def _save(path: Path, array: np.ndarray, mode: str | None = None, fmt: str | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = Image.fromarray(array)
+    if mode:
+        image = image.convert(mode)
+    image.save(path, format=fmt)
+
+
+def _make_folder(root: Path, classes=("cat", "dog", "bird"), per_class=5, size=8, prefix="") -> dict:
+    """PNG class folders with a distinct solid colour per image; returns {relpath: array}."""
+    made = {}
+    for ci, name in enumerate(classes):
+        for i in range(per_class):
+            array = np.full((size, size, 3), (ci * 60 + i * 7, 100 + i, 200 - ci), dtype=np.uint8)
+            rel = f"{prefix}{name}/{i:03d}.png"
+            _save(root / rel, array)
+            made[rel] = array
+    return made
+
+
+def test_class_folders_sorted_and_val_carved(tmp_path):
+    made = _make_folder(tmp_path / "ds")
+    splits = load_splits(tmp_path / "ds", seed=0)
+    assert splits.classes == ["bird", "cat", "dog"]
+    assert len(splits.train) + len(splits.val) == 15
+    assert len(splits.val) == 3  # 10% rounds to 2 but at least one per class
+    assert sorted(splits.val.labels.tolist()) == [0, 1, 2]
+    assert splits.test is None
+    for part in (splits.train, splits.val):
+        for image, label, rel in zip(part.images, part.labels, part.paths):
+            assert rel.split("/")[0] == splits.classes[label]
+            np.testing.assert_array_equal(image.numpy(), made[rel])
+
+
+def test_explicit_split_folders(tmp_path):
+    root = tmp_path / "ds"
+    _make_folder(root, per_class=4, prefix="train/")
+    _make_folder(root, per_class=2, prefix="val/")
+    _make_folder(root, classes=("cat", "dog"), per_class=1, prefix="test/")
+    splits = load_splits(root, val_size=7)  # ignored: the data has its own val/
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (12, 6, 2)
+    assert splits.test.classes == ["bird", "cat", "dog"]
+    assert sorted(splits.test.labels.tolist()) == [1, 2]
+    assert splits.val.mean == splits.train.mean
+
+
+def test_val_class_missing_from_train_is_an_error(tmp_path):
+    root = tmp_path / "ds"
+    _make_folder(root, per_class=2, prefix="train/")
+    _make_folder(root, classes=("zebra",), per_class=1, prefix="val/")
+    with pytest.raises(DataError, match="val/zebra/.*not present in train"):
+        load_splits(root)
+
+
+@pytest.mark.parametrize("kind", ["tar", "tar.gz", "tgz", "zip", "zip-top", "tar-train-top"])
+def test_archives_match_the_folder(tmp_path, kind):
+    root = tmp_path / "ds"
+    made = _make_folder(root)
+    reference = load_image_folder(root)["train"]
+    archive = tmp_path / f"ds.{kind.split('-')[0]}"
+    if kind.startswith("zip"):
+        with zipfile.ZipFile(archive, "w") as zf:
+            for rel in made:
+                zf.write(root / rel, ("mydata/" if kind == "zip-top" else "") + rel)
+    else:
+        mode = "w:gz" if kind in ("tar.gz", "tgz") else "w"
+        with tarfile.open(archive, mode) as tar:
+            tar.add(root, arcname="train" if kind == "tar-train-top" else ".")
+    splits = load_image_folder(archive)
+    assert list(splits) == ["train"]
+    got = splits["train"]
+    assert got.classes == reference.classes
+    assert got.labels.equal(reference.labels)
+    assert got.images.equal(reference.images)
+
+
+def test_second_load_never_decodes(tmp_path, monkeypatch):
+    root = tmp_path / "ds"
+    _make_folder(root)
+    first = load_image_folder(root, data_dir=tmp_path / "cache")
+    assert list((tmp_path / "cache" / "decoded").glob("*.npz"))
+
+    def boom(*args, **kwargs):
+        raise AssertionError("decoded again")
+
+    monkeypatch.setattr(decode, "decode_bytes", boom)
+    second = load_image_folder(root, data_dir=tmp_path / "cache")
+    assert second["train"].images.equal(first["train"].images)
+    assert second["train"].paths == first["train"].paths
+    # new content -> new key -> decoded again
+    _save(root / "cat" / "000.png", np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(AssertionError, match="decoded again"):
+        load_image_folder(root, data_dir=tmp_path / "cache")
+    # other decode settings -> other key
+    with pytest.raises(AssertionError, match="decoded again"):
+        load_image_folder(root, data_dir=tmp_path / "cache", image_size=4)
+
+
+def test_mixed_sizes_need_image_size(tmp_path):
+    root = tmp_path / "ds"
+    _make_folder(root, size=8)
+    _save(root / "cat" / "big.png", np.zeros((12, 20, 3), np.uint8))
+    with pytest.raises(DataError, match="--image-size") as info:
+        load_image_folder(root)
+    assert "cat/big.png is 20x12" in str(info.value)
+    resized = load_image_folder(root, image_size=6)["train"]
+    assert resized.image_size == (6, 6)
+
+
+def test_resize_keeps_aspect_and_centre_crops(tmp_path):
+    array = np.zeros((10, 30, 3), np.uint8)
+    array[:, 10:20] = 255  # white centre third, black sides
+    _save(tmp_path / "ds" / "a" / "x.png", array)
+    out = load_image_folder(tmp_path / "ds", image_size=10)["train"].images[0].numpy()
+    assert out.shape == (10, 10, 3)
+    assert out[:, 2:8].min() > 240  # the centre 10x10 window is the white band
+
+
+@pytest.mark.parametrize(
+    "mode, expected",
+    [
+        ("L", (90, 90, 90)),
+        ("RGBA", (10, 20, 30)),  # alpha dropped, colour kept
+        ("LA", (90, 90, 90)),
+        ("P", (10, 20, 30)),
+        ("CMYK", None),
+        ("1", (255, 255, 255)),
+        ("I;16", (255, 255, 255)),
+        ("I", (128, 128, 128)),
+    ],
+)
+def test_any_mode_becomes_rgb(tmp_path, mode, expected):
+    root = tmp_path / "ds"
+    path = root / "a" / "img.png"
+    path.parent.mkdir(parents=True)
+    rgb = np.full((4, 4, 3), (10, 20, 30), np.uint8)
+    if mode == "RGBA":
+        Image.fromarray(np.dstack([rgb, np.full((4, 4), 7, np.uint8)])).save(path)
+    elif mode in ("L", "LA", "1"):
+        value = 255 if mode == "1" else 90
+        Image.fromarray(np.full((4, 4), value, np.uint8)).convert(mode).save(path)
+    elif mode == "P":
+        Image.fromarray(rgb).quantize(4).save(path)
+    elif mode == "CMYK":
+        path = path.with_suffix(".jpg")
+        Image.fromarray(rgb).convert("CMYK").save(path, quality=95)
+    elif mode == "I;16":
+        Image.fromarray(np.full((4, 4), 65535, np.uint16)).save(path)  # 16-bit PNG
+    elif mode == "I":
+        Image.fromarray(np.full((4, 4), 32896, np.int32), mode="I").save(path.with_suffix(".tif"))
+        path = path.with_suffix(".tif")
+    image = load_image_folder(root)["train"].images[0]
+    assert image.shape == (4, 4, 3)
+    if expected is None:  # CMYK: PIL's conversion, close to the original colour
+        assert np.abs(image.numpy().astype(int) - rgb).max() < 40
+    else:
+        assert tuple(image[0, 0].tolist()) == expected
+
+
+def test_jpeg_fast_path_equals_pil(tmp_path):
+    rng = np.random.default_rng(0)
+    _save(tmp_path / "ds" / "a" / "x.jpg", rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))
+    _save(tmp_path / "ds" / "a" / "g.jpg", rng.integers(0, 256, (16, 16), dtype=np.uint8))
+    got = load_image_folder(tmp_path / "ds")["train"]
+    for image, rel in zip(got.images, got.paths):
+        reference = np.asarray(Image.open(tmp_path / "ds" / rel).convert("RGB"))
+        np.testing.assert_array_equal(image.numpy(), reference)
+
+
+def test_parallel_decode_matches_serial(tmp_path, monkeypatch):
+    rng = np.random.default_rng(1)
+    sources, blobs = [], bytearray()
+    import io
+
+    for i in range(64):
+        buffer = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(buffer, format="PNG")
+        data = buffer.getvalue() if i != 5 else b"not an image"
+        sources.append(decode.Source(f"f{i}", None, len(blobs), len(data)))
+        blobs += data
+    serial = decode.decode_all(sources, bytes(blobs), workers=1)
+    monkeypatch.setattr(decode, "PARALLEL_MIN_IMAGES", 1)
+    parallel = decode.decode_all(sources, bytes(blobs), workers=2)
+    assert isinstance(serial[5], str) and serial[5] == parallel[5]
+    for a, b in zip(serial, parallel):
+        if not isinstance(a, str):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_hidden_and_root_files_are_ignored(tmp_path, caplog):
+    root = tmp_path / "ds"
+    _make_folder(root, per_class=2)
+    (root / "README.txt").write_text("about this data")
+    (root / "cat" / ".DS_Store").write_bytes(b"\0\1")
+    (root / ".hidden").mkdir()
+    with caplog.at_level(logging.WARNING):
+        splits = load_image_folder(root)
+    assert len(splits["train"]) == 6 and splits["train"].classes == ["bird", "cat", "dog"]
+    assert "skipped" not in caplog.text
