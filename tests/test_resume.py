@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -72,10 +73,26 @@ def straight(folder, tmp_path_factory):
     return run_dir
 
 
+@pytest.fixture(scope="module")
+def stopped_at_boundary(folder, tmp_path_factory):
+    """A run stopped after step 5 (the end of epoch 1), copied before any test resumes it."""
+    run_dir = tmp_path_factory.mktemp("stopped") / "run"
+    run_cli(*common(folder, run_dir), "--set", "debug.stop_after_steps=5")
+    return run_dir
+
+
+def stopped_copy(stopped: Path, tmp_path: Path) -> Path:
+    shutil.copytree(stopped, tmp_path / "run")
+    return tmp_path / "run"
+
+
 @pytest.mark.parametrize("stop", [5, 7], ids=["epoch-boundary", "mid-epoch"])
-def test_resume_is_bit_identical(folder, straight, tmp_path, stop):
-    run_dir = tmp_path / "run"
-    run_cli(*common(folder, run_dir), "--set", f"debug.stop_after_steps={stop}")
+def test_resume_is_bit_identical(folder, straight, stopped_at_boundary, tmp_path, stop):
+    if stop == 5:
+        run_dir = stopped_copy(stopped_at_boundary, tmp_path)
+    else:
+        run_dir = tmp_path / "run"
+        run_cli(*common(folder, run_dir), "--set", f"debug.stop_after_steps={stop}")
     assert not (run_dir / "model.safetensors").exists()  # a stopped run does not claim to be finished
     assert len(step_losses(run_dir)) == stop
     run_cli("--resume", str(run_dir))
@@ -87,9 +104,8 @@ def test_resume_is_bit_identical(folder, straight, tmp_path, stop):
     assert metrics(run_dir) == metrics(straight)
 
 
-def test_negative_control_missing_rng_state_is_caught(folder, straight, tmp_path):
-    run_dir = tmp_path / "run"
-    run_cli(*common(folder, run_dir), "--set", "debug.stop_after_steps=5")
+def test_negative_control_missing_rng_state_is_caught(straight, stopped_at_boundary, tmp_path):
+    run_dir = stopped_copy(stopped_at_boundary, tmp_path)
     run_cli("--resume", str(run_dir), "--set", "debug.skip_rng_restore=[torch]")
     assert step_losses(run_dir)[:5] == step_losses(straight)[:5]
     assert step_losses(run_dir)[5:] != step_losses(straight)[5:]  # dropout masks differ after the resume

@@ -1,0 +1,162 @@
+"""The training engine end to end, in process, on tiny synthetic data."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import yaml
+
+from resnetlab.cli import main
+from resnetlab.config import build_config
+from resnetlab.engine import train
+from resnetlab.engine.seeds import summarize, t_critical
+from resnetlab.engine.trainer import _criterion, _sample_weights
+from resnetlab.errors import ConfigError
+from resnetlab.models import create_model
+from resnetlab.models.files import load_trained_model
+from test_nonfinite import tiny_splits
+
+
+def config(tmp_path, **overrides):
+    base = {
+        "run_dir": str(tmp_path / "run"), "device": "cpu", "batch_size": 16, "epochs": 3,
+        "model.name": "cnn_baseline", "model.options": {"width": 4, "hidden": 8}, "optim.lr": 0.05,
+        "augment.flip": True, "augment.crop_padding": 2,
+    }
+    base.update(overrides)
+    return build_config(None, base)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("train")
+    splits = tiny_splits()
+    cfg = config(tmp, ema_decay=0.5, tensorboard=True, log_grad_norms=[0, 5], keep_last=2, checkpoint_every=3)
+    return train(cfg, splits=splits), splits
+
+
+def test_run_directory_layout(finished):
+    result, splits = finished
+    run = result.run_dir
+    for name in ("config.yaml", "metrics.jsonl", "metrics.csv", "model.safetensors", "model.json", "summary.json",
+                 "env.json", "curves.png", "grad_norms.jsonl", "checkpoints/best.pt", "eval/metrics.json", "eval/report.html"):
+        assert (run / name).is_file(), name
+    assert len(list((run / "checkpoints").glob("last-*.pt"))) == 2  # keep_last
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3] and rows[-1]["step"] == result.steps == 12
+    for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_sec", "epoch_time_s", "elapsed_s"):
+        assert all(isinstance(r[key], float) and math.isfinite(r[key]) for r in rows), key
+    assert (run / "metrics.csv").read_text().splitlines()[0].startswith("epoch,step,train_loss,train_acc,val_loss,val_acc,lr")
+    assert yaml.safe_load((run / "config.yaml").read_text())["ema_decay"] == 0.5
+    env = json.loads((run / "env.json").read_text())
+    assert env["versions"]["torch"] == torch.__version__ and env["seed"] == 0 and env["device"] == "cpu"
+
+
+def test_model_file_carries_classes_normalization_and_accuracy(finished):
+    result, splits = finished
+    info = json.loads((result.run_dir / "model.json").read_text())
+    meta, extra = info["meta"], info["extra"]
+    assert meta["name"] == "cnn_baseline" and meta["options"] == {"width": 4, "hidden": 8}
+    assert meta["classes"] == splits.train.classes
+    assert meta["mean"] == pytest.approx(list(splits.train.mean)) and meta["std"] == pytest.approx(list(splits.train.std))
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert extra["test_acc"] == summary["test_acc"] == result.test_acc
+    assert summary["best_val_acc"] == result.best_val_acc == max(
+        json.loads(line)["val_acc"] for line in (result.run_dir / "metrics.jsonl").read_text().splitlines())
+    assert json.loads((result.run_dir / "eval" / "metrics.json").read_text())["accuracy"] == result.test_acc
+
+
+def test_saved_model_is_the_best_on_validation(finished):
+    result, splits = finished
+    loaded = load_trained_model(result.run_dir).eval()
+    best = torch.load(result.run_dir / "checkpoints" / "best.pt", weights_only=True)
+    ema_weights = {k[len("module."):]: v for k, v in best["ema"].items() if k.startswith("module.")}
+    for key, value in loaded.state_dict().items():  # with EMA on, the model file holds the EMA weights
+        assert torch.equal(value, ema_weights[key]), key
+
+
+def test_grad_norm_probe_records_layers(finished):
+    result, _ = finished
+    records = [json.loads(line) for line in (result.run_dir / "grad_norms.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [0, 5]
+    assert set(records[0]["grad_norms"]) == {"conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias",
+                                             "hidden.weight", "hidden.bias", "fc.weight", "fc.bias"}
+    assert set(records[0]["activations"]) == {"conv1", "conv2", "hidden", "fc"}
+    assert all(v > 0 for v in records[0]["grad_norms"].values())
+
+
+def test_model_argument_hooks_and_param_groups(tmp_path):
+    model = create_model("cnn_baseline", num_classes=4, width=4, hidden=8)
+    calls = []
+    model.init_from_data = lambda x: calls.append(("init", tuple(x.shape), float(x[:, 0].mean())))
+    frozen_before = model.conv1.weight.detach().clone()
+    groups = [{"params": [p for n, p in model.named_parameters() if not n.startswith("conv1")]}]
+    seen = []
+    splits = tiny_splits()
+    # A model passed in keeps its own normalization (a pretrained model's), here the registry's CIFAR one.
+    expected_red = float(((splits.train.images[..., 0].double() / 255 - model.meta.mean[0]) / model.meta.std[0]).mean())
+    result = train(config(tmp_path, epochs=2), model=model, splits=splits,
+                   param_groups=groups, on_epoch_start=lambda e, m, o: seen.append((e, m is model, len(o.param_groups))))
+    assert calls[0][0] == "init" and calls[0][1] == (64, 3, 32, 32)
+    assert calls[0][2] == pytest.approx(expected_red, abs=1e-4)  # normalized, un-augmented training images
+    assert seen == [(0, True, 1), (1, True, 1)]
+    assert torch.equal(result.model.conv1.weight.cpu(), frozen_before)  # not in the optimizer: untouched
+    assert not torch.equal(result.model.fc.weight.cpu(), create_model("cnn_baseline", num_classes=4, width=4, hidden=8).fc.weight)
+
+
+def test_existing_run_directory_is_refused(finished):
+    result, splits = finished
+    cfg = config(result.run_dir.parent)
+    with pytest.raises(ConfigError, match="--resume"):
+        train(cfg, splits=splits)
+
+
+def test_cli_names_unknown_keys(capsys):
+    assert main(["train", "--set", "optim.lrr=0.1"]) == 1
+    assert "unknown config key 'optim.lrr'" in capsys.readouterr().err
+
+
+def test_class_balance_options():
+    splits = tiny_splits(n_train=40)
+    train_set = splits.train.subset(torch.cat([torch.arange(40)[splits.train.labels == 0], torch.tensor([1, 2, 3])]))
+    counts = torch.bincount(train_set.labels, minlength=4).double()
+    crit = _criterion(build_config(None, {"data.class_balance": "weighted-loss"}), train_set, torch.device("cpu"))
+    assert torch.allclose(crit.weight.double(), counts.sum() / (4 * counts))
+    weights = _sample_weights(build_config(None, {"data.class_balance": "sampler"}), train_set)
+    per_class = torch.zeros(4, dtype=torch.float64).index_add_(0, train_set.labels, weights)
+    assert torch.allclose(per_class, torch.ones(4, dtype=torch.float64))  # every class equally likely
+    assert _sample_weights(build_config(), train_set) is None
+
+
+def test_seed_summary_interval():
+    stats = summarize([0.90, 0.92, 0.91])
+    assert stats["mean"] == pytest.approx(0.91) and stats["std"] == pytest.approx(0.01)
+    half = 4.302652729911275 * 0.01 / math.sqrt(3)  # t(0.975, 2)
+    assert (stats["ci_low"], stats["ci_high"]) == pytest.approx((0.91 - half, 0.91 + half))
+    assert t_critical(2) == pytest.approx(4.3027, abs=1e-3)
+    assert summarize([0.5])["ci_low"] is None
+
+
+@pytest.mark.slow
+def test_cli_seeds_writes_seeds_json(tmp_path, monkeypatch):
+    import sys
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from test_train_runner import make_image_folder
+
+    folder = make_image_folder(tmp_path / "images", classes=3, per_class=12, test_per_class=4)
+    code = main(["train", "--model", "cnn_baseline", "--data", str(folder), "--device", "cpu", "--epochs", "1",
+                 "--batch-size", "8", "--val-size", "6", "--run-dir", str(tmp_path / "multi"), "--seeds", "1,2",
+                 "--set", "model.options={width: 4, hidden: 8}"])
+    assert code == 0
+    report = json.loads((tmp_path / "multi" / "seeds.json").read_text())
+    assert report["seeds"] == [1, 2] and [r["seed"] for r in report["runs"]] == [1, 2]
+    assert (tmp_path / "multi" / "seed-1" / "model.safetensors").is_file()
+    assert (tmp_path / "multi" / "seed-2" / "summary.json").is_file()
+    finals = [r["test_acc"] for r in report["runs"]]
+    assert report["final_acc"]["mean"] == pytest.approx(sum(finals) / 2)
+    assert report["final_acc"]["ci_low"] <= report["final_acc"]["mean"] <= report["final_acc"]["ci_high"]
