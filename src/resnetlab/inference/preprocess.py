@@ -90,7 +90,7 @@ def load_image(source: str | os.PathLike | bytes | BinaryIO | Image.Image, *, na
         except Image.DecompressionBombError as exc:
             raise ImageTooLargeError(f"{label}: image is too large to decode safely ({exc})") from exc
         except UnidentifiedImageError as exc:
-            raise ImageDecodeError(f"{label}: not an image PIL can read (unknown or corrupt format)") from exc
+            raise ImageDecodeError(f"{label}: not an image file (unknown format or corrupt data)") from exc
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
             # Truncated JPEG/PNG data ends up here ("image file is truncated", "broken PNG file").
             raise ImageDecodeError(f"{label}: corrupt or truncated image ({exc})") from exc

@@ -139,7 +139,7 @@ def create_app(predictor, *, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, max_f
                 except ImageTooLargeError as exc:
                     return _error(413, str(exc))
                 except ImageDecodeError as exc:
-                    return _error(415, f"{exc} (send a JPEG, PNG, GIF, BMP, WebP or TIFF image)")
+                    return _error(415, f"{exc}; send a JPEG, PNG, GIF, BMP, WebP or TIFF image")
                 names.append(name)
         finally:
             await form.close()

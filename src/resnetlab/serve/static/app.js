@@ -37,7 +37,11 @@ function makeCard(file) {
   const img = card.querySelector("img");
   img.src = URL.createObjectURL(file);
   img.alt = file.name;
-  img.onload = () => URL.revokeObjectURL(img.src);
+  img.onload = () => {
+    if (img.naturalWidth < 96) img.classList.add("pixelated");
+    URL.revokeObjectURL(img.src);
+  };
+  img.onerror = () => card.querySelector(".thumb").classList.add("no-preview");
   els.results.prepend(card);
   return card;
 }
