@@ -21,6 +21,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 from scipy import stats  # noqa: E402
@@ -324,6 +325,8 @@ def curves_png(runs: list[Run]) -> bytes:
                 ax.plot(epochs, values * scale, color=color, lw=1.8, marker="o" if len(epochs) < 15 else None, ms=3, label=label)
                 if std is not None:
                     ax.fill_between(epochs, (values - std) * scale, (values + std) * scale, color=color, alpha=0.18, lw=0)
+        for ax in axes:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes[0].set(title="Training loss", xlabel="epoch", ylabel="cross-entropy")
         axes[1].set(title="Validation accuracy", xlabel="epoch", ylabel="accuracy (%)")
         handles, labels = axes[0].get_legend_handles_labels()
@@ -344,6 +347,7 @@ def error_curves_png(runs: list[Run]) -> bytes:
                 epochs, values, _ = _series(run, key)
                 if len(epochs):
                     ax.plot(epochs, 100 * (1 - values), ls=style, color=color, lw=1.6, label=f"{run.name} {suffix}")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set(title="Error: training (solid) and validation (dashed)", xlabel="epoch", ylabel="error (%)")
         ax.legend(fontsize=8, ncols=2)
         return _png(fig)
