@@ -53,7 +53,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--unfreeze-every", type=int, help="gradual: epochs between unfreezing stages (default: 1)")
     p.add_argument("--freeze-bn", action="store_true", default=None, help="keep all BatchNorm statistics fixed (small data)")
     p.add_argument("--warmup", type=float, help="linear lr warm-up length in epochs (default: 1)")
-    p.add_argument("--resize", type=int, metavar="N", help="upsize inputs on the device to NxN (e.g. 128 or 224 for 32x32 data)")
+    p.add_argument("--resize", type=int, metavar="N",
+                   help="train at NxN: 32x32 data is upsized on the device (e.g. 128 or 224); the same as --image-size")
     p.add_argument("--adapt-stem", action="store_true", default=None,
                    help="3x3 stride-1 first conv, no max-pool, initialised from the pretrained 7x7 (for 32x32 data)")
     p.add_argument("--stem-init", choices=["resize", "center"],
@@ -86,7 +87,7 @@ FLAG_KEYS = {
     "layer_decay": "finetune.layer_decay",
     "unfreeze_every": "finetune.unfreeze_every",
     "freeze_bn": "finetune.freeze_bn",
-    "resize": "finetune.resize",
+    "resize": "data.image_size",
     "adapt_stem": "finetune.adapt_stem",
     "stem_init": "finetune.stem_init",
     "reset_head": "finetune.reset_head",

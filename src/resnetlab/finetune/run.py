@@ -59,7 +59,6 @@ class FinetuneOptions:
     freeze_bn: bool = False  # keep BatchNorm statistics fixed everywhere
     adapt_stem: bool = False  # 32x32 data: 3x3 stride-1 first conv, no max-pool
     stem_init: str = "resize"  # how the 3x3 stem is made from a 7x7 one: resize | center
-    resize: int | None = None  # upsize inputs on the device to this square size (e.g. 128, 224)
     reset_head: bool = False  # new classifier even when the source's already fits
 
     def strategy_config(self) -> StrategyConfig:
@@ -69,10 +68,6 @@ class FinetuneOptions:
         self.strategy_config().validate()
         if self.stem_init not in STEM_INITS:
             raise ConfigError(f"--stem-init {self.stem_init!r}: expected one of {', '.join(STEM_INITS)}")
-        if self.resize is not None and self.resize < 8:
-            raise ConfigError(f"--resize {self.resize}: must be at least 8 pixels")
-        if self.resize is not None and self.adapt_stem:
-            log.warning("--resize with --adapt-stem: the 3x3 stem keeps full resolution, so large inputs cost (resize/32)^2 more compute")
 
     @classmethod
     def from_dict(cls, data: dict | None) -> "FinetuneOptions":
@@ -96,9 +91,6 @@ class Prepared:
 
     def on_epoch_start(self, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         self.schedule.apply(epoch, model, optimizer)
-        resize = getattr(model, "finetune_resize", None)
-        if resize:  # the engine records the data's size; the model is trained at the resized one
-            model.meta.input_size = (3, resize, resize)
 
 
 # --------------------------------------------------------------------------- entry points
@@ -110,8 +102,8 @@ def finetune(config: TrainConfig, options: FinetuneOptions, *, splits=None):
     ``config.model.name`` names the architecture to build (``auto``: the source's); the rest of the
     config (data, optimizer, schedule, epochs, run dir, device...) means what it means in ``train``.
     """
+    from resnetlab.engine import train
     from resnetlab.engine.distributed import detect
-    from resnetlab.engine.train import train
     from resnetlab.runs import RunDir, default_run_dir
 
     options.validate()
@@ -120,6 +112,7 @@ def finetune(config: TrainConfig, options: FinetuneOptions, *, splits=None):
     config = copy.deepcopy(config)
     splits = splits if splits is not None else _load_splits(config)
     source = load_source(options.source)
+    torch.manual_seed(config.seed)  # the new head's init: a run is a function of its seed
     model_name = None if config.model.name == AUTO_MODEL else config.model.name
     model, keys = build_model(
         source, splits.train.num_classes, model_name=model_name, classes=list(splits.train.classes),
@@ -127,7 +120,7 @@ def finetune(config: TrainConfig, options: FinetuneOptions, *, splits=None):
     )
     config.model.name = model.meta.name
     config.model.options = dict(model.meta.options)
-    _check_input_size(model, splits.train.image_size, options)
+    _check_input_size(model, config.data.image_size or splits.train.image_size[0])
     prepared = _prepare(model, config, options, source, keys, keep_grads=detect().enabled)
 
     run_dir = RunDir(config.run_dir or default_run_dir(f"{model.meta.name}-ft", config.name))
@@ -140,12 +133,12 @@ def finetune(config: TrainConfig, options: FinetuneOptions, *, splits=None):
     return train(config, model=prepared.model, splits=splits, param_groups=prepared.schedule.groups, on_epoch_start=prepared.on_epoch_start)
 
 
-def resume(run_dir: str | Path, config: TrainConfig | None = None):
+def resume(run_dir: str | Path, config: TrainConfig | None = None, *, splits=None):
     """Continue a fine-tuning run from its newest intact checkpoint (model rebuilt from its metadata)."""
     from resnetlab.config import read_config
     from resnetlab.engine.checkpoint import CheckpointManager
+    from resnetlab.engine import train
     from resnetlab.engine.distributed import detect
-    from resnetlab.engine.train import train
     from resnetlab.models.registry import ModelMeta, create_model
 
     run_dir = Path(run_dir)
@@ -160,7 +153,8 @@ def resume(run_dir: str | Path, config: TrainConfig | None = None):
     model = create_model(meta.name, num_classes=meta.num_classes, **meta.options)
     model.meta = meta
     prepared = _prepare(model, config, options, None, None, keep_grads=detect().enabled)
-    return train(config, model=model, param_groups=prepared.schedule.groups, on_epoch_start=prepared.on_epoch_start, resume_from=run_dir)
+    return train(config, model=model, splits=splits, param_groups=prepared.schedule.groups,
+                 on_epoch_start=prepared.on_epoch_start, resume_from=run_dir)
 
 
 def build_config(recipe: str | Path | dict | None = None, overrides: dict | None = None) -> tuple[TrainConfig, FinetuneOptions]:
@@ -196,19 +190,20 @@ def _prepare(model, config: TrainConfig, options: FinetuneOptions, source, keys,
         config.optim.no_decay_bn_bias, keep_grads=keep_grads,
     )
     schedule.apply(0, model)  # before DDP wraps the model: it registers only parameters that need grads
-    if options.resize:
-        install_input_resize(model, options.resize)
+    if config.data.image_size:
+        install_input_resize(model, config.data.image_size)
     return Prepared(model, schedule, source, keys)
 
 
 def install_input_resize(model: nn.Module, size: int) -> None:
-    """Upsize every input batch to ``size`` x ``size`` on the device, before the first layer.
+    """Resize any input batch that is not ``size`` x ``size`` before the first layer.
 
-    ADAPTER (until ``engine.train`` passes ``resize_to`` to ``DeviceLoader``): a forward pre-hook,
-    so it runs on the device after augmentation, in training, validation and the final report.
-    Bilinear upsampling commutes with the per-channel normalization (both are affine), so resizing
-    the normalized batch equals normalizing the resized images. The hook is not in the state dict;
-    the model file records ``input_size`` = (3, size, size) and predictors resize to it.
+    ADAPTER: ``--resize N`` is ``data.image_size=N``, which the engine's ``DeviceLoader``
+    (``resize_to``) already applies on the device in training and validation, so there this hook
+    does nothing. It exists for the final report: ``evaluate_model`` feeds the test images at their
+    own size (32x32 CIFAR) and does not resize to ``meta.input_size``. Bilinear, as the loader.
+    The hook is not in the state dict; the model file records ``input_size``. Remove once
+    ``evaluation.predictions.logits_function`` resizes to ``meta.input_size``.
     """
     if getattr(model, "finetune_resize", None) == size:
         return
@@ -216,17 +211,15 @@ def install_input_resize(model: nn.Module, size: int) -> None:
 
     def hook(module, args):
         x = args[0]  # (B, 3, H, W)
-        if x.shape[-2:] != (size, size):
-            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+        if tuple(x.shape[-2:]) != (size, size):
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=size < x.shape[-2])
         return (x, *args[1:])
 
     model.register_forward_pre_hook(hook)
-    model.meta.input_size = (3, size, size)
 
 
-def _check_input_size(model: nn.Module, image_size: tuple[int, int], options: FinetuneOptions) -> None:
+def _check_input_size(model: nn.Module, height: int) -> None:
     """Warn about the classic mistake: 32x32 images into a 7x7/stride-2 + max-pool stem."""
-    height = options.resize or image_size[0]
     conv1 = getattr(model, "conv1", None)
     if isinstance(conv1, nn.Conv2d) and conv1.stride[0] > 1 and height <= 64:
         log.warning(
