@@ -215,3 +215,57 @@ def test_hidden_and_root_files_are_ignored(tmp_path, caplog):
         splits = load_image_folder(root)
     assert len(splits["train"]) == 6 and splits["train"].classes == ["bird", "cat", "dog"]
     assert "skipped" not in caplog.text
+
+
+def _members_via_tarfile(path):
+    with tarfile.open(path) as tar:
+        return [(tuple(p for p in m.name.split("/") if p not in ("", ".")), m.isreg()) for m in tar]
+
+
+@pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_fast_tar_index_agrees_with_tarfile(tmp_path, fmt):
+    """Long and non-ASCII names need pax/GNU headers: the fast parser hands those to tarfile."""
+    from resnetlab.data.archives import read_members
+
+    root = tmp_path / "ds"
+    made = _make_folder(root, classes=("cat", "dög"), per_class=2)
+    long_name = "x" * 120 + ".png"
+    if fmt != tarfile.USTAR_FORMAT:  # ustar cannot store a 120-character name at all
+        _save(root / "cat" / long_name, np.zeros((8, 8, 3), np.uint8))
+    archive = tmp_path / "ds.tar"
+    with tarfile.open(archive, "w", format=fmt) as tar:
+        tar.add(root, arcname="ds")
+    buffer, members = read_members(archive)
+    with tarfile.open(archive) as tar:
+        expected = {tuple(p for p in m.name.split("/") if p not in ("", ".")): tar.extractfile(m).read()
+                    for m in tar if m.isreg()}
+    got = {m.parts: bytes(buffer[m.offset : m.offset + m.size]) for m in members if m.kind == "file"}
+    assert got == expected
+    splits = load_image_folder(archive)
+    assert splits["train"].classes == ["cat", "dög"]
+    assert len(splits["train"]) == len(made) + (fmt != tarfile.USTAR_FORMAT)
+
+
+def test_link_inside_an_image_archive_is_refused(tmp_path):
+    root = tmp_path / "ds"
+    _make_folder(root, per_class=2)
+    archive = tmp_path / "ds.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(root, arcname=".")
+        info = tarfile.TarInfo("cat/evil.png")
+        info.type = tarfile.SYMTYPE
+        info.linkname = "/etc/passwd"
+        tar.addfile(info)
+    with pytest.raises(DataError, match="cat/evil.png: is a link"):
+        load_image_folder(archive)
+    assert len(load_image_folder(archive, skip_bad=True)["train"]) == 6
+
+
+@pytest.mark.parametrize("name, message", [("../escape/x.png", r"\.\."), ("/abs/x.png", "absolute")])
+def test_traversal_in_an_image_archive_is_refused(tmp_path, name, message):
+    archive = tmp_path / "ds.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("cat/ok.png", b"x")
+        zf.writestr(name, b"x")
+    with pytest.raises(DataError, match=message):
+        load_image_folder(archive)
