@@ -21,7 +21,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 from scipy import stats  # noqa: E402
@@ -367,19 +367,23 @@ def grad_norms_png(runs: list[Run]) -> bytes | None:
             records = member.grad_norms
             first = records[0]
             depth = [layer["depth"] for layer in first["layers"]]
+            label = run.name + (f" ({member.name})" if run.seeds else "")
             axes[0].plot(depth, [layer["grad_norm"] for layer in first["layers"]], color=color_of[run.name], lw=1.6, marker=".",
-                         label=run.name)
+                         label=label)
             by_depth: dict[int, list[float]] = {}
             for record in records:
                 for layer in record["layers"]:
                     by_depth.setdefault(layer["depth"], []).append(layer["grad_norm"])
             depths = sorted(by_depth)
             axes[1].plot(depths, [np.mean(by_depth[d]) for d in depths], color=color_of[run.name], lw=1.6, marker=".",
-                         label=f"{run.name} ({len(records)} steps)")
+                         label=f"{label}, {len(records)} steps")
             axes[0].set_title("Gradient norm by depth, first logged step")
         axes[1].set_title("Gradient norm by depth, mean over logged steps")
         for ax in axes:
             ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""))
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_xlabel("layer depth (input → output)")
             ax.legend(fontsize=8)
         axes[0].set_ylabel("L2 norm of the weight gradient")

@@ -157,7 +157,7 @@ def figures_section(pngs: dict[str, bytes], num_classes: int) -> str:
     for name, title, caption, wide in FIGURES:
         if name not in pngs:
             continue
-        wide = wide or (num_classes > 12 and name in ("confusion_matrix.png", "per_class.png"))
+        wide = wide or (num_classes > 6 and name in ("confusion_matrix.png", "per_class.png"))
         data = base64.b64encode(pngs[name]).decode("ascii")
         items.append(f'<figure{" class=wide" if wide else ""}><img alt="{_e(title)}" src="data:image/png;base64,{data}">'
                      f'<figcaption><b>{_e(title)}.</b> {_e(caption)}</figcaption></figure>')
