@@ -39,6 +39,8 @@ KEYS_FILE = "finetune_keys.json"
 # Transfer Better?", fine-tune with SGD-momentum and a decaying lr; Goyal et al. 2017 for warm-up).
 FINETUNE_DEFAULTS = {
     "model": {"name": AUTO_MODEL},
+    # Translation by up to 4 px and flips (He et al. 2016's CIFAR augmentation); mild at any size.
+    "augment": {"crop_padding": 4, "flip": True},
     "epochs": 10,
     "batch_size": 64,
     "optim": {"name": "sgd", "lr": 0.01, "momentum": 0.9, "nesterov": True, "weight_decay": 1e-4},
