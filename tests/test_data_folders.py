@@ -269,3 +269,27 @@ def test_traversal_in_an_image_archive_is_refused(tmp_path, name, message):
         zf.writestr(name, b"x")
     with pytest.raises(DataError, match=message):
         load_image_folder(archive)
+
+
+def test_plain_jpegs_skip_pil(tmp_path, monkeypatch):
+    """The libjpeg-turbo path is what makes the 50k-image first load fast; keep it in use."""
+    pytest.importorskip("simplejpeg")
+    _save(tmp_path / "ds" / "a" / "x.jpg", np.full((8, 8, 3), 77, np.uint8))
+
+    def no_pil(*args, **kwargs):
+        raise AssertionError("PIL used for a plain JPEG")
+
+    monkeypatch.setattr(decode.Image, "open", no_pil)
+    image = load_image_folder(tmp_path / "ds")["train"].images[0]
+    assert abs(int(image[0, 0, 0]) - 77) <= 2
+
+
+def test_cache_dir_precedence(tmp_path, monkeypatch):
+    from resnetlab.data.cache import cache_dir
+
+    monkeypatch.setenv("RESNETLAB_CACHE", str(tmp_path / "env"))
+    assert cache_dir() == tmp_path / "env"
+    assert cache_dir(tmp_path / "explicit") == tmp_path / "explicit"
+    monkeypatch.delenv("RESNETLAB_CACHE")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_dir() == tmp_path / "home" / ".cache" / "resnetlab"

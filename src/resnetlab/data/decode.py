@@ -6,7 +6,9 @@ Conversion rules (documented for users in ``data info --help`` and the README):
 - CMYK, palette, YCbCr, LAB... use PIL's ``convert("RGB")``;
 - 16-bit images are scaled to 8 bits (value * 255 / 65535), never clipped;
 - with ``image_size`` S, the shorter side is resized to S (bicubic, antialiased) and the centre
-  S x S is kept, so aspect ratios are never distorted.
+  S x S is kept, so aspect ratios are never distorted;
+- EXIF orientation tags are not applied (pixels as stored, like torchvision's ImageFolder);
+- animated GIF/WebP/TIFF: the first frame.
 """
 
 from __future__ import annotations
