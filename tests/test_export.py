@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import shutil
 import warnings
 from pathlib import Path
@@ -60,23 +61,28 @@ def _small_model(name: str, num_classes: int = 4) -> torch.nn.Module:
     return calibrate_batchnorm(model)
 
 
-# Exporting costs ~0.3-1 s per 100 layers on 2 CPU cores. A few small nets run on every test run;
-# the rest (and any model registered later) run under the slow marker; the huge ones are skipped.
+# Exporting costs ~1 s per 100 layers on 2 CPU cores, so every *distinct* architecture is exported:
+# a few small ones on every run, the larger ones under the slow marker, and deeper siblings that
+# repeat the same blocks are skipped (RESNETLAB_EXPORT_ALL=1 runs them too). Any model registered
+# later and not listed here runs under the slow marker.
 FAST = {"cnn_baseline", "fastnet94", "plain20", "resnet20"}
-HUGE = {
-    "resnet1202": "1202 layers: minutes to trace on CPU; its blocks are resnet20's",
-    "resnet101": "42M params: its bottleneck blocks are covered by resnet50",
-    "resnet152": "58M params: its bottleneck blocks are covered by resnet50",
-    "wrn28_10": "36M params: its blocks are covered by wrn16_8",
+SAME_BLOCKS = {
+    **{f"plain{d}": "plain20" for d in (32, 44, 56, 110)},
+    **{f"resnet{d}": "resnet20" for d in (32, 44, 56, 110, 1202)},
+    "resnet34": "resnet18", "resnet34_cifar": "resnet18_cifar",
+    "resnet50_cifar": "resnet50 (bottlenecks) and resnet18_cifar (stem)",
+    "resnet101": "resnet50", "resnet152": "resnet50", "wrn28_10": "wrn16_8",
 }
+EXPORT_ALL = os.environ.get("RESNETLAB_EXPORT_ALL") == "1"
 
 
 def _params():
     for name in list_models():
         if name in FAST:
             yield pytest.param(name, id=name)
-        elif name in HUGE:
-            yield pytest.param(name, id=name, marks=pytest.mark.skip(reason=f"huge: {HUGE[name]}"))
+        elif name in SAME_BLOCKS and not EXPORT_ALL:
+            reason = f"same blocks as {SAME_BLOCKS[name]}, only deeper/wider (set RESNETLAB_EXPORT_ALL=1 to export it)"
+            yield pytest.param(name, id=name, marks=pytest.mark.skip(reason=reason))
         else:
             yield pytest.param(name, id=name, marks=pytest.mark.slow)
 

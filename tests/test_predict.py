@@ -97,9 +97,17 @@ def test_modes_become_rgb(mixed_files):
     assert np.array_equal(gray[..., 0], gray[..., 1]) and np.array_equal(gray[..., 1], gray[..., 2])
 
 
-def test_transparent_pixels_are_composited_on_white():
-    rgba = Image.new("RGBA", (4, 4), (0, 0, 0, 0))
-    assert np.asarray(load_image(rgba)).min() == 255
+def test_alpha_is_dropped_like_the_training_decoder():
+    rgba = Image.new("RGBA", (4, 4), (10, 20, 30, 0))
+    assert np.asarray(load_image(rgba))[0, 0].tolist() == [10, 20, 30]
+
+
+def test_matches_the_training_decoder(mixed_files):
+    # A file must reach the model exactly as it did in training (resnetlab.data.decode).
+    decode = pytest.importorskip("resnetlab.data.decode")
+    for key in ("png", "gray", "rgba", "palette"):
+        data = mixed_files[key].read_bytes()
+        assert np.array_equal(image_to_array(data, (24, 24)), decode.decode_bytes(data, image_size=24)), key
 
 
 def test_sixteen_bit_grayscale_is_scaled_not_clipped():

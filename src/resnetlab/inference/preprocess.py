@@ -7,9 +7,9 @@ resized and normalized the same way everywhere.
 Pipeline:
 1. ``load_image``: open with PIL, refuse decompression bombs before decoding any pixel, apply the
    EXIF orientation (phone photos are stored sideways), convert any mode (L, P, RGBA, CMYK, I;16...)
-   to RGB. Transparent pixels are composited on white rather than dropped to black.
-2. ``fit_image``: resize the shorter side to the model's input size and center-crop (the usual
-   evaluation transform, torchvision's ``Resize`` + ``CenterCrop``), giving uint8 (H, W, 3).
+   to RGB with the training decoder's rules (alpha dropped, 16-bit scaled to 8).
+2. ``fit_image``: resize the shorter side to the model's input size and center-crop (the geometry
+   of ``resnetlab.data.decode`` and torchvision's ``Resize`` + ``CenterCrop``), giving uint8 (H, W, 3).
 3. ``normalize``: uint8 (N, H, W, 3) -> float32 (N, 3, H, W) with the mean/std the model was trained
    with (``model.meta``), the same convention as ``ImageSet`` and ``DeviceLoader``.
 """
@@ -119,28 +119,30 @@ def _draft_request(size: tuple[int, int], target: tuple[int, int]) -> tuple[int,
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
+    # Same rules as the training decoder (resnetlab.data.decode), so a file predicts as it trained.
     if image.mode == "RGB":
         return image
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
-        # 16-bit / float greyscale: scale the value range to 0..255 instead of clipping.
-        array = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
-        array = np.clip(array / top * 255.0, 0, 255).round().astype(np.uint8)
-        return Image.fromarray(array, mode="L").convert("RGB")
-    return image.convert("RGB")
+    if image.mode.startswith("I;16") or image.mode == "I":
+        # 16-bit greyscale: scale the full 16-bit range to 8 bits instead of clipping.
+        values = np.asarray(image).astype(np.float64)
+        gray = np.clip(np.rint(values * (255.0 / 65535.0)), 0, 255).astype(np.uint8)
+        return Image.fromarray(gray, mode="L").convert("RGB")
+    if image.mode == "F":
+        gray = np.clip(np.rint(np.asarray(image)), 0, 255).astype(np.uint8)
+        return Image.fromarray(gray, mode="L").convert("RGB")
+    return image.convert("RGB")  # L, 1, P, LA, RGBA (alpha dropped, as torchvision's loader does), CMYK...
 
 
 def fit_image(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
-    """Resize the shorter side to ``size`` (H, W) and center-crop; returns uint8 (H, W, 3)."""
+    """Resize the shorter side to ``size`` (H, W) (bicubic, antialiased) and center-crop; uint8 (H, W, 3)."""
     height, width = size
     if image.size != (width, height):
-        image = ImageOps.fit(image, (width, height), method=Image.Resampling.BICUBIC)
+        scale = max(width / image.size[0], height / image.size[1])
+        new_w = max(width, round(image.size[0] * scale))
+        new_h = max(height, round(image.size[1] * scale))
+        image = image.resize((new_w, new_h), Image.Resampling.BICUBIC)
+        left, top = (new_w - width) // 2, (new_h - height) // 2
+        image = image.crop((left, top, left + width, top + height))
     return np.asarray(image, dtype=np.uint8).copy()
 
 
