@@ -293,3 +293,10 @@ def test_cache_dir_precedence(tmp_path, monkeypatch):
     monkeypatch.delenv("RESNETLAB_CACHE")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert cache_dir() == tmp_path / "home" / ".cache" / "resnetlab"
+
+
+def test_wrapping_folder_is_stripped(tmp_path):
+    _make_folder(tmp_path / "outer" / "images", per_class=2)
+    splits = load_image_folder(tmp_path / "outer")
+    assert splits["train"].classes == ["bird", "cat", "dog"]
+    assert splits["train"].paths[0] == "images/bird/000.png"  # paths stay real, for messages

@@ -77,7 +77,7 @@ def load_image_folder(
         buffer, members = read_members(path)
         entries = _strip_single_top([_Entry(m.parts, m.kind, Source("/".join(m.parts), None, m.offset, m.size)) for m in members])
     elif path.is_dir():
-        entries = _walk_folder(path)
+        entries = _strip_single_top(_walk_folder(path))
         content_key = _folder_key(entries)
         cached = _load_cache(_cache_path(content_key, settings, data_dir), path)
         if cached is not None:
@@ -130,7 +130,8 @@ def _folder_key(entries: list[_Entry]) -> str:
 
 
 def _strip_single_top(entries: list[_Entry]) -> list[_Entry]:
-    """``mydata/cat/1.jpg`` -> ``cat/1.jpg``: drop one wrapping folder that holds only folders."""
+    """``mydata/cat/1.jpg`` -> ``cat/1.jpg``: drop one wrapping folder that holds only folders
+    (archives usually wrap their content in one; a lone class folder holds files and is kept)."""
     tops = {e.parts[0] for e in entries if e.parts}
     if len(tops) != 1:
         return entries
