@@ -300,3 +300,17 @@ def test_wrapping_folder_is_stripped(tmp_path):
     splits = load_image_folder(tmp_path / "outer")
     assert splits["train"].classes == ["bird", "cat", "dog"]
     assert splits["train"].paths[0] == "images/bird/000.png"  # paths stay real, for messages
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".png"])
+def test_exif_orientation_is_applied(tmp_path, suffix):
+    array = np.zeros((4, 8, 3), np.uint8)
+    array[:, :4] = 255  # left half white
+    path = tmp_path / "ds" / "a" / f"x{suffix}"
+    path.parent.mkdir(parents=True)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: display rotated 90 degrees clockwise
+    Image.fromarray(array).save(path, exif=exif, **({"quality": 95} if suffix == ".jpg" else {}))
+    image = load_image_folder(tmp_path / "ds")["train"].images[0].numpy()
+    assert image.shape == (8, 4, 3)
+    assert image[:3].min() > 200 and image[5:].max() < 60  # the white half is now on top

@@ -7,7 +7,7 @@ Conversion rules (documented for users in ``data info --help`` and the README):
 - 16-bit images are scaled to 8 bits (value * 255 / 65535), never clipped;
 - with ``image_size`` S, the shorter side is resized to S (bicubic, antialiased) and the centre
   S x S is kept, so aspect ratios are never distorted;
-- EXIF orientation tags are not applied (pixels as stored, like torchvision's ImageFolder);
+- the EXIF orientation is applied (phone photos are stored sideways), as at inference time;
 - animated GIF/WebP/TIFF: the first frame.
 """
 
@@ -21,7 +21,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 try:  # libjpeg-turbo through simplejpeg: ~5x faster than PIL on small JPEGs (PIL parses markers in Python)
     import simplejpeg
@@ -76,9 +76,24 @@ def _resize(image: Image.Image, size: int) -> Image.Image:
     return image.crop((left, top, left + size, top + size))
 
 
+def _has_exif(data) -> bool:
+    """Whether a JPEG carries an Exif segment (it may rotate the image); scans markers up to the scan."""
+    i, n = 2, len(data)
+    while i + 10 <= n:
+        if data[i] != 0xFF:
+            return True  # unusual layout: let PIL look at it
+        marker = data[i + 1]
+        if marker == 0xDA:  # start of scan: no more metadata
+            return False
+        if marker == 0xE1 and bytes(data[i + 4 : i + 10]) == b"Exif\x00\x00":
+            return True
+        i += 2 + ((data[i + 2] << 8) | data[i + 3])
+    return True
+
+
 def _fast_jpeg(data, image_size: int | None) -> np.ndarray | None:
     """Plain RGB/gray JPEGs that need no resizing; None means 'let PIL do it' (and report errors)."""
-    if simplejpeg is None or bytes(data[:3]) != b"\xff\xd8\xff":
+    if simplejpeg is None or bytes(data[:3]) != b"\xff\xd8\xff" or _has_exif(data):
         return None
     try:
         height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
@@ -118,6 +133,8 @@ def decode_bytes(data: bytes | memoryview, image_size: int | None = None) -> np.
             raise BadImage(f"has zero size ({width}x{height})")
         try:
             image.load()
+            if image.getexif().get(0x0112, 1) != 1:  # EXIF orientation
+                image = ImageOps.exif_transpose(image)
             image = _to_rgb(image)
             if image_size is not None:
                 image = _resize(image, image_size)
