@@ -314,3 +314,22 @@ def test_exif_orientation_is_applied(tmp_path, suffix):
     image = load_image_folder(tmp_path / "ds")["train"].images[0].numpy()
     assert image.shape == (8, 4, 3)
     assert image[:3].min() > 200 and image[5:].max() < 60  # the white half is now on top
+
+
+def test_archive_bombs_are_refused_before_filling_memory(tmp_path):
+    import gzip
+
+    from resnetlab.data.archives import read_members
+
+    payload = b"\0" * (4 << 20)  # 4 MiB of zeros: a few KiB compressed
+    (tmp_path / "bomb.tar.gz").write_bytes(gzip.compress(payload))
+    with pytest.raises(DataError, match="expands to more than"):
+        read_members(tmp_path / "bomb.tar.gz", limit=1 << 20)
+    with zipfile.ZipFile(tmp_path / "bomb.zip", "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("a/x.png", payload)
+    with pytest.raises(DataError, match="expands to more than"):
+        read_members(tmp_path / "bomb.zip", limit=1 << 20)
+    truncated = gzip.compress(payload)[:-100]
+    (tmp_path / "cut.tar.gz").write_bytes(truncated)
+    with pytest.raises(DataError, match="ends early"):
+        read_members(tmp_path / "cut.tar.gz")

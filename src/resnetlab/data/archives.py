@@ -7,12 +7,12 @@ archive (the official CIFAR ones) refusing absolute paths, ``..`` and links/devi
 
 from __future__ import annotations
 
-import gzip
 import os
 import shutil
 import tarfile
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,16 +46,54 @@ def safe_parts(name: str, archive: str | os.PathLike) -> tuple[str, ...]:
     return parts
 
 
-def read_members(path: str | os.PathLike) -> tuple[bytes | bytearray, list[Member]]:
-    """Load a .tar/.tar.gz/.tgz/.zip into memory; return (buffer, members)."""
+def memory_limit() -> int:
+    """Most bytes an archive may expand to in memory: half the machine's RAM (zip/gzip bombs)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        return 16 << 30
+
+
+def _too_big(path: Path, limit: int) -> DataError:
+    return DataError(
+        f"{path}: expands to more than {limit / 2**30:.1f} GiB, over half this machine's memory "
+        "(a decompression bomb, or simply too large to load at once); extract it and pass the folder"
+    )
+
+
+def _gunzip(raw: bytes, path: Path, limit: int) -> bytearray:
+    """gunzip (all members) without ever holding more than ``limit`` output bytes."""
+    out, data = bytearray(), raw
+    while True:
+        decoder = zlib.decompressobj(wbits=31)
+        out += decoder.decompress(data, limit - len(out) + 1)  # max_length: stops just past the limit
+        while decoder.unconsumed_tail and len(out) <= limit:
+            out += decoder.decompress(decoder.unconsumed_tail, limit - len(out) + 1)
+        if len(out) > limit:
+            raise _too_big(path, limit)
+        if not decoder.eof:
+            raise EOFError("compressed data ends early (truncated download?)")
+        data = decoder.unused_data
+        if data[:2] != b"\x1f\x8b":  # no further gzip member
+            return out
+
+
+def read_members(path: str | os.PathLike, limit: int | None = None) -> tuple[bytes | bytearray, list[Member]]:
+    """Load a .tar/.tar.gz/.tgz/.zip into memory; return (buffer, members).
+
+    Refuses archives that would expand past ``limit`` bytes (default: half the RAM).
+    """
     path = Path(path)
+    limit = memory_limit() if limit is None else limit
     try:
         if path.name.lower().endswith(".zip"):
-            return _read_zip(path)
+            return _read_zip(path, limit)
         raw = path.read_bytes()
         if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
-    except (OSError, EOFError, zipfile.BadZipFile, gzip.BadGzipFile) as exc:
+            raw = _gunzip(raw, path, limit)
+        elif len(raw) > limit:
+            raise _too_big(path, limit)
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         raise DataError(f"{path}: cannot read archive ({exc}); is it complete and readable?") from exc
     members = _parse_ustar(raw, path)
     if members is None:  # headers the fast parser does not know (pax, GNU long names...): use tarfile
@@ -120,12 +158,14 @@ def _read_tar_slow(raw: bytes, archive: Path) -> list[Member]:
     return members
 
 
-def _read_zip(path: Path) -> tuple[bytearray, list[Member]]:
+def _read_zip(path: Path, limit: int) -> tuple[bytearray, list[Member]]:
     import stat
 
     buffer = bytearray()
     members: list[Member] = []
     with zipfile.ZipFile(path) as archive:
+        if sum(info.file_size for info in archive.infolist()) > limit:  # sizes are enforced on read
+            raise _too_big(path, limit)
         for info in archive.infolist():
             parts = safe_parts(info.filename, path)
             mode = info.external_attr >> 16

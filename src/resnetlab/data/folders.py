@@ -30,7 +30,7 @@ from resnetlab.utils.atomic import atomic_write_with
 log = logging.getLogger(__name__)
 
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
-CACHE_VERSION = 1  # bump when decoding rules change so old caches are not reused
+CACHE_VERSION = 2  # bump when decoding rules change so old caches are not reused
 
 
 @dataclass
