@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
-from sklearn.metrics import log_loss, roc_auc_score
+from sklearn.metrics import log_loss
 
 from resnetlab.data.imageset import ImageSet
 from resnetlab.errors import DataError
@@ -333,3 +333,13 @@ def test_logits_object_gives_same_result_as_module(trained, tmp_path):
     metrics = evaluate_model(LogitsOnly(), test, tmp_path, batch_size=16)
     assert metrics["accuracy"] == pytest.approx((direct.logits.argmax(1) == test.labels).float().mean().item())
     assert (tmp_path / "metrics.json").exists()
+
+
+def test_image_size_mismatch_names_the_fix(tmp_path):
+    from resnetlab.models import create_model
+
+    model = create_model("cnn_baseline", num_classes=4)  # a fixed 32x32 architecture
+    model.meta.classes = list(CLASSES)
+    with pytest.raises(DataError, match="--image-size 32"):
+        evaluate_model(model, colour_set(8, seed=0, size=16), tmp_path)
+    assert not (tmp_path / "metrics.json").exists()

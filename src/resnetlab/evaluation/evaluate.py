@@ -140,6 +140,14 @@ def evaluate_model(model, imageset, out_dir, *, device: str | torch.device = "cp
     was_training = model.training if isinstance(model, nn.Module) else None
     try:
         outputs = collect_outputs(model, imageset.images, device=device, batch_size=batch_size, tta=tta)
+    except RuntimeError as exc:  # typically a shape mismatch deep in the network: name the likely cause
+        meta = getattr(model, "meta", None)
+        expected = tuple(meta.input_size[1:]) if getattr(meta, "input_size", None) else None
+        if expected and tuple(imageset.image_size) != expected:
+            raise DataError(f"the images of {imageset.source or 'the data'} are {imageset.image_size[0]}x{imageset.image_size[1]} "
+                            f"but the model takes {expected[0]}x{expected[1]}; resize them (--image-size {expected[0]}) "
+                            f"[{str(exc).splitlines()[0][:200]}]") from exc
+        raise
     finally:
         if was_training:
             model.train()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shlex
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -14,17 +13,6 @@ from resnetlab.errors import CheckpointError, ConfigError, DataError
 from resnetlab.evaluation.evaluate import evaluate_model
 
 SPLITS = ("test", "val", "train")
-
-
-@dataclass
-class EvalJob:
-    """What ``evaluate_path`` resolved: the model, the data and where the report goes."""
-
-    model: object
-    model_path: Path
-    run_dir: Path | None
-    run_config: dict
-    out_dir: Path
 
 
 def find_run_dir(path: Path) -> Path | None:
