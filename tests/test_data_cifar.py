@@ -232,3 +232,34 @@ def test_unsafe_archives_are_refused(tmp_path, name, kind, link, message):
         safe_extract_tar(archive, dest, "cifar-10-batches-py")
     assert not (dest / "cifar-10-batches-py").exists()
     assert not (tmp_path.parent / "escape").exists()
+
+
+def test_cifar100_layout(tmp_path, monkeypatch):
+    rng = np.random.default_rng(1)
+    names = [f"class{i:02d}".encode() for i in range(100)]
+    files = {
+        "train": {b"data": rng.integers(0, 256, (200, 3072), dtype=np.uint8), b"fine_labels": [i % 100 for i in range(200)],
+                  b"coarse_labels": [0] * 200},
+        "test": {b"data": rng.integers(0, 256, (5, 3072), dtype=np.uint8), b"fine_labels": [7, 8, 9, 10, 11],
+                 b"coarse_labels": [0] * 5},
+        "meta": {b"fine_label_names": names, b"coarse_label_names": [b"x"]},
+    }
+    archive = tmp_path / "cifar-100-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for name, obj in files.items():
+            payload = pickle.dumps(obj, protocol=2)
+            info = tarfile.TarInfo(f"cifar-100-python/{name}")
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    record = dataclasses.replace(cifar.CIFAR["cifar100"], md5=hashlib.md5(archive.read_bytes()).hexdigest(),
+                                 train_files=(("train", None),), test_files=(("test", None),), meta_file=("meta", None))
+    monkeypatch.setitem(cifar.CIFAR, "cifar100", record)
+    splits = load_splits(archive, data_dir=tmp_path / "cache", val_size=100)
+    assert splits.name == "cifar100" and len(splits.classes) == 100 and splits.classes[3] == "class03"
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (100, 100, 5)
+    assert torch_bincount(splits.val.labels) == [1] * 100
+    assert splits.test.labels.tolist() == [7, 8, 9, 10, 11]
+
+
+def torch_bincount(labels):
+    return labels.bincount(minlength=100).tolist()
