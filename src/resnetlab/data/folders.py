@@ -9,7 +9,6 @@ loads the cache and never decodes again.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import os

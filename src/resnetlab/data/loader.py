@@ -10,7 +10,7 @@ same parameters, so K ranks x batch B see exactly what 1 rank x batch K*B would.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
