@@ -22,6 +22,8 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # mkstemp creates 0600; give the file the permissions an ordinary open() would (0666 & ~umask).
+    os.chmod(tmp_name, 0o666 & ~_current_umask())
     try:
         with os.fdopen(fd, mode) as handle:
             yield handle
@@ -48,6 +50,12 @@ def atomic_write_with(path: str | os.PathLike, writer: Callable[[IO], None]) -> 
     """Call ``writer(handle)`` on a temporary file that replaces ``path`` only if it returns."""
     with atomic_open(path, "wb") as handle:
         writer(handle)
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(directory: Path) -> None:
