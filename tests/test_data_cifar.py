@@ -263,3 +263,13 @@ def test_cifar100_layout(tmp_path, monkeypatch):
 
 def torch_bincount(labels):
     return labels.bincount(minlength=100).tolist()
+
+
+def test_archive_put_in_the_cache_by_hand_is_used_offline(small_cifar, tmp_path):
+    archive, _ = small_cifar
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / archive.name).write_bytes(archive.read_bytes())
+    parts = cifar.load_cifar("cifar10", cache, base_url="http://127.0.0.1:9/")
+    assert (len(parts["train"]), len(parts["test"])) == (20, 3)
+    assert (cache / "cifar-10-batches-py" / "batches.meta").is_file()
