@@ -58,6 +58,8 @@ def benchmark_model(name: str, batch_sizes=(1, 64), *, repeats: int = 5, min_sec
     with tempfile.TemporaryDirectory() as tmp:
         path = export_onnx(model, Path(tmp) / f"{name}.onnx").path
         options = ort.SessionOptions()
+        # As in Predictor: idle ORT threads must not spin, or they steal the cores PyTorch is timed on.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads:
             options.intra_op_num_threads = threads
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

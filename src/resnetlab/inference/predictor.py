@@ -102,8 +102,12 @@ class Predictor:
         providers = ["CPUExecutionProvider"]
         if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
+        options = ort.SessionOptions()
+        # Idle worker threads sleep instead of spin-waiting: on a small CPU shared with image
+        # decoding (serve, predict) spinning steals the cores the next request needs.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
-            session = ort.InferenceSession(str(path), providers=providers)
+            session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
             raise CheckpointError(f"{path}: onnxruntime cannot load this file ({str(exc).splitlines()[0]})") from exc
         meta_dict = _onnx_meta(session, path)
