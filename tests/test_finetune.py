@@ -76,11 +76,20 @@ def _changed(state: dict, source: dict, prefix: str) -> list[bool]:
     return [not torch.equal(state[k], source[k]) for k in source if k.startswith(prefix) and not k.endswith("num_batches_tracked")]
 
 
-def test_full_with_freeze_bn_moves_every_weight_but_no_statistic(tmp_path, splits, r18):
-    path, source = r18
-    result = _run(tmp_path / "full", splits, path, **{"finetune.strategy": "full", "finetune.freeze_bn": True})
+def test_full_from_timm_with_freeze_bn_moves_every_weight_but_no_statistic(tmp_path, splits):
+    timm = pytest.importorskip("timm")
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    reference = timm.create_model("resnet18", pretrained=False)
+    for module in reference.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_var.uniform_(0.5, 1.5)
+    source = {k: v.clone().contiguous() for k, v in reference.state_dict().items()}
+    save_file(source, str(tmp_path / "model.safetensors"))  # the file layout of timm's hub weights
+    result = _run(tmp_path / "full", splits, tmp_path / "model.safetensors", **{"finetune.strategy": "full", "finetune.freeze_bn": True})
     state = _last_state(result.run_dir)
-    params = {k for k, _ in torchvision.models.resnet18().named_parameters()} - {"fc.weight", "fc.bias"}
+    params = {k for k, _ in reference.named_parameters()} - {"fc.weight", "fc.bias"}
     assert all(not torch.equal(state[k], source[k]) for k in params)  # full: everything trains
     stats = [k for k in source if k.endswith(("running_mean", "running_var"))]
     assert all(torch.equal(state[k], source[k]) for k in stats)  # --freeze-bn

@@ -40,6 +40,10 @@ def add_parser(subparsers) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    # Train options whose defaults differ here (FINETUNE_DEFAULTS in resnetlab.finetune.run).
+    p.add_argument("--lr", type=float, help="base learning rate (default: recipe's, else 0.01)")
+    p.add_argument("--batch-size", type=int, help="global batch size (default: recipe's, else 64)")
+    p.add_argument("--run-dir", help="run directory (default: runs/<model>-ft-<date>-<time>)")
     p.add_argument("--from", dest="source", metavar="SOURCE", help="pretrained weights (see 'sources' below)")
     p.add_argument("--model", help="architecture to build (default: the source's, e.g. resnet50)")
     p.add_argument("--recipe", help="YAML recipe (see recipes/finetune-*.yaml); default: built-in fine-tuning defaults "
