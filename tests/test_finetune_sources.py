@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import socket
 import urllib.error
 
@@ -323,3 +322,32 @@ def test_bad_strategy_options():
         StrategyConfig("half").validate()
     with pytest.raises(ConfigError, match="--layer-decay"):
         StrategyConfig("full", layer_decay=1.5).validate()
+
+
+# --------------------------------------------------------------------------- config
+
+
+RECIPES = sorted((__import__("pathlib").Path(__file__).resolve().parents[1] / "recipes").glob("finetune-*.yaml"))
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
+def test_finetune_recipes_parse(recipe):
+    from resnetlab.finetune import build_config
+
+    config, options = build_config(recipe, {"data.spec": "somewhere"})
+    options.validate()
+    assert config.recipe == str(recipe) and config.data.spec == "somewhere"
+
+
+def test_build_config_layers_defaults_recipe_and_overrides(tmp_path):
+    from resnetlab.finetune import build_config
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("finetune:\n  from: a.pth\n  strategy: gradual\noptim:\n  lr: 0.002\n")
+    config, options = build_config(recipe, {"finetune.strategy": "linear-probe", "epochs": 3})
+    assert options.source == "a.pth" and options.strategy == "linear-probe"  # overrides win
+    assert config.optim.lr == 0.002 and config.epochs == 3 and config.schedule.name == "cosine"  # defaults below
+    with pytest.raises(ConfigError, match="bogus"):
+        build_config(None, {"finetune.bogus": 1})
+    with pytest.raises(ConfigError, match="lr_head"):
+        build_config(None, {"finetune.lr_head": "fast"})

@@ -118,7 +118,9 @@ def finetune(config: TrainConfig, options: FinetuneOptions, *, splits=None):
     model_name = None if config.model.name == AUTO_MODEL else config.model.name
     model, keys = build_model(
         source, splits.train.num_classes, model_name=model_name, classes=list(splits.train.classes),
-        adapt_stem=options.adapt_stem, stem_init=options.stem_init, reset_head=options.reset_head,
+        # model.options.cifar_stem (as in the CIFAR ResNet-18 train recipes) asks for the same stem.
+        adapt_stem=options.adapt_stem or bool(config.model.options.get("cifar_stem")),
+        stem_init=options.stem_init, reset_head=options.reset_head,
     )
     config.model.name = model.meta.name
     config.model.options = dict(model.meta.options)
@@ -167,7 +169,7 @@ def build_config(recipe: str | Path | dict | None = None, overrides: dict | None
     """
     from resnetlab.config import build_config as build_train_config, load_recipe
 
-    data = _merge(copy.deepcopy(FINETUNE_DEFAULTS), {})
+    data = copy.deepcopy(FINETUNE_DEFAULTS)
     if isinstance(recipe, dict):
         data = _merge(data, copy.deepcopy(recipe))
     elif recipe is not None:
