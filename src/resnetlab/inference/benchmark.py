@@ -107,7 +107,8 @@ def environment() -> str:
     import onnxruntime as ort
 
     return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads), onnxruntime {ort.__version__}, python {platform.python_version()}")
+            f"({torch.get_num_threads()} threads), onnxruntime {ort.__version__}, python {platform.python_version()}, "
+            f"load average {os.getloadavg()[0]:.1f} (other processes share these CPUs when it exceeds ~0)")
 
 
 def main(argv: list[str] | None = None) -> int:
