@@ -12,5 +12,14 @@ from resnetlab.models import (  # noqa: E402,F401
     resnet_cifar,
     wrn,
 )
+from resnetlab.models.summary import count_flops, count_parameters, model_table  # noqa: E402
 
-__all__ = ["ModelMeta", "create_model", "list_models", "register_model"]
+__all__ = [
+    "ModelMeta",
+    "count_flops",
+    "count_parameters",
+    "create_model",
+    "list_models",
+    "model_table",
+    "register_model",
+]
