@@ -67,6 +67,24 @@ def test_failed_save_leaves_previous_checkpoint_untouched(tmp_path, monkeypatch,
     assert manager.load_newest_intact()[0]["step"] == 10
 
 
+def test_failed_overwrite_of_best_keeps_the_old_file(tmp_path, monkeypatch):
+    manager = ckpt.CheckpointManager(tmp_path)
+    manager.save_best(_checkpoint(10, 1.0))
+    before = manager.best_path.read_bytes()
+
+    def broken_save(obj, handle, *args, **kwargs):
+        handle.write(b"PK\x03\x04 half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError):
+        manager.save_best(_checkpoint(20, 2.0))
+    monkeypatch.undo()
+    assert manager.best_path.read_bytes() == before  # same name, old bytes: the write never touched it
+    assert _listing(tmp_path) == ["best.pt"]
+    assert ckpt.load_checkpoint(manager.best_path)["step"] == 10
+
+
 def test_truncated_newest_falls_back_to_newest_intact(tmp_path, caplog):
     manager = ckpt.CheckpointManager(tmp_path, keep_last=3)
     for step in (10, 20, 30):

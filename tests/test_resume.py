@@ -81,18 +81,22 @@ def stopped_at_boundary(folder, tmp_path_factory):
     return run_dir
 
 
+@pytest.fixture(scope="module")
+def stopped_mid_epoch(folder, tmp_path_factory):
+    """A run stopped after step 7 (mid epoch 2): it holds last-00000005.pt and last-00000007.pt."""
+    run_dir = tmp_path_factory.mktemp("stopped") / "run"
+    run_cli(*common(folder, run_dir), "--set", "debug.stop_after_steps=7")
+    return run_dir
+
+
 def stopped_copy(stopped: Path, tmp_path: Path) -> Path:
     shutil.copytree(stopped, tmp_path / "run")
     return tmp_path / "run"
 
 
 @pytest.mark.parametrize("stop", [5, 7], ids=["epoch-boundary", "mid-epoch"])
-def test_resume_is_bit_identical(folder, straight, stopped_at_boundary, tmp_path, stop):
-    if stop == 5:
-        run_dir = stopped_copy(stopped_at_boundary, tmp_path)
-    else:
-        run_dir = tmp_path / "run"
-        run_cli(*common(folder, run_dir), "--set", f"debug.stop_after_steps={stop}")
+def test_resume_is_bit_identical(straight, stopped_at_boundary, stopped_mid_epoch, tmp_path, stop):
+    run_dir = stopped_copy(stopped_at_boundary if stop == 5 else stopped_mid_epoch, tmp_path)
     assert not (run_dir / "model.safetensors").exists()  # a stopped run does not claim to be finished
     assert len(step_losses(run_dir)) == stop
     run_cli("--resume", str(run_dir))
@@ -110,3 +114,13 @@ def test_negative_control_missing_rng_state_is_caught(straight, stopped_at_bound
     assert step_losses(run_dir)[:5] == step_losses(straight)[:5]
     assert step_losses(run_dir)[5:] != step_losses(straight)[5:]  # dropout masks differ after the resume
     assert not same_tensors(final_state(run_dir)["model"], final_state(straight)["model"])
+
+
+def test_truncated_newest_checkpoint_falls_back_and_still_matches(straight, stopped_mid_epoch, tmp_path):
+    run_dir = stopped_copy(stopped_mid_epoch, tmp_path)
+    newest = run_dir / "checkpoints" / "last-00000007.pt"
+    newest.write_bytes(newest.read_bytes()[:1000])  # e.g. a disk that filled up outside our atomic write
+    proc = run_cli("--resume", str(run_dir))
+    assert "last-00000007.pt" in proc.stderr and "newest intact" in proc.stderr and "last-00000005.pt" in proc.stderr
+    assert step_losses(run_dir) == step_losses(straight)  # steps 5-6 are redone from the step-5 checkpoint
+    assert same_tensors(final_state(run_dir), final_state(straight))

@@ -1,0 +1,66 @@
+"""DDP (issue 4 item 8): `torchrun --nproc_per_node=2 -m resnetlab train` with gloo on CPU.
+
+The 2-process run must match a 1-process run of the same global batch (16 = 2 x 8). The model is
+cnn_baseline, which has no BatchNorm: with BN each process would normalize with its own half-batch
+statistics (SyncBatchNorm needs a GPU), which changes the function being optimized, not just the
+rounding. Without BN, DDP's gradient (the mean of the two half-batch mean gradients) equals the
+full-batch mean gradient exactly in real arithmetic; only the summation order differs, so weights
+agree to float32 rounding amplified over a few steps: we allow 1e-5 absolute (weights are ~1e-1).
+The loader hands rank r the r-th half of each global batch with the same augmentation, so both
+runs see the same images.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from resnetlab.models.files import load_checkpoint_dict
+
+pytestmark = pytest.mark.slow
+STEPS = 8
+TOLERANCE = 1e-5
+
+
+def torchrun() -> str:
+    exe = Path(sys.executable).with_name("torchrun")
+    return str(exe) if exe.exists() else shutil.which("torchrun")
+
+
+def train_args(folder: Path, run_dir: Path) -> list[str]:
+    return [
+        "-m", "resnetlab", "train", "--model", "cnn_baseline", "--data", str(folder), "--device", "cpu", "--seed", "5",
+        "--batch-size", "16", "--val-size", "16", "--max-steps", str(STEPS), "--run-dir", str(run_dir),
+        "--set", "model.options={width: 8, hidden: 16}", "--set", "log_step_loss=true", "--set", "optim.lr=0.05",
+        "--set", "augment.flip=true", "--set", "augment.crop_padding=2",
+    ]
+
+
+def test_two_process_ddp_matches_single_process(tmp_path):
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_train_runner import make_image_folder
+
+    if torchrun() is None:
+        pytest.skip("torchrun not installed")
+    folder = make_image_folder(tmp_path / "images", classes=4, per_class=24)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    ddp = subprocess.run([torchrun(), "--standalone", "--nproc_per_node=2", *train_args(folder, tmp_path / "ddp")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert ddp.returncode == 0, ddp.stdout[-3000:] + ddp.stderr[-3000:]
+    single = subprocess.run([sys.executable, *train_args(folder, tmp_path / "single")], capture_output=True, text=True, env=env, timeout=300)
+    assert single.returncode == 0, single.stderr[-3000:]
+
+    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == STEPS
+    assert ddp.stdout.count("done:") == 1  # rank 0 alone reports and writes
+    a = load_checkpoint_dict(tmp_path / "ddp" / "checkpoints" / f"last-{STEPS:08d}.pt")["model"]
+    b = load_checkpoint_dict(tmp_path / "single" / "checkpoints" / f"last-{STEPS:08d}.pt")["model"]
+    diff = max((a[k] - b[k]).abs().max().item() for k in b)
+    assert diff < TOLERANCE, diff
+    losses = lambda d: [json.loads(line)["loss"] for line in (d / "steps.jsonl").read_text().splitlines()]
+    assert losses(tmp_path / "ddp") == pytest.approx(losses(tmp_path / "single"), rel=1e-5)
