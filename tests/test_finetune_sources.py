@@ -146,7 +146,7 @@ def test_code_carrying_pickle_is_refused(tmp_path, monkeypatch):
 def test_resnetlab_model_file_and_checkpoint_as_source(tmp_path):
     from resnetlab.models.files import CHECKPOINT_KIND, save_model_file
 
-    model = create_model("resnet20", num_classes=4, shortcut="B") if "shortcut" in _options("resnet20") else create_model("resnet20", 4)
+    model = create_model("resnet20", num_classes=4, shortcut="B")  # options travel with the weights
     model.meta.classes = ["a", "b", "c", "d"]
     model.meta.mean, model.meta.std = (0.1, 0.2, 0.3), (0.4, 0.5, 0.6)
     save_model_file(model, tmp_path / "run")
@@ -157,20 +157,16 @@ def test_resnetlab_model_file_and_checkpoint_as_source(tmp_path):
     assert report.new == [] and torch.equal(same.fc.weight, model.fc.weight)  # same classes: head kept
     other, report = build_model(source, 4, classes=["w", "x", "y", "z"])
     assert sorted(report.new) == ["fc.bias", "fc.weight"]  # same count, other classes: new head
-    assert other.meta.mean == (0.1, 0.2, 0.3) and other.meta.options == model.meta.options
+    assert other.meta.mean == (0.1, 0.2, 0.3) and other.meta.options == {"shortcut": "B"}
 
-    torch.save({"kind": CHECKPOINT_KIND, "format_version": 1, "model": model.state_dict(), "meta": model.meta.to_dict()}, tmp_path / "last.pt")
+    checkpoint = {"kind": CHECKPOINT_KIND, "format_version": 1, "model": model.state_dict(), "meta": model.meta.to_dict()}
+    torch.save(checkpoint, tmp_path / "last.pt")
     assert load_source(tmp_path / "last.pt").architecture == "resnet20"
+    (tmp_path / "stopped" / "checkpoints").mkdir(parents=True)  # a run stopped before its model file
+    torch.save(checkpoint, tmp_path / "stopped" / "checkpoints" / "best.pt")
+    assert load_source(tmp_path / "stopped").classes == ["a", "b", "c", "d"]
     with pytest.raises(CheckpointError, match="resnet20.*--model is resnet18"):
         build_model(source, 4, model_name="resnet18")
-
-
-def _options(name):
-    import inspect
-
-    from resnetlab.models.registry import get_model_entry
-
-    return inspect.signature(get_model_entry(name).builder).parameters
 
 
 # --------------------------------------------------------------------------- named weights

@@ -91,6 +91,8 @@ def load_source(source: str | Path) -> SourceWeights:
             f"--from {text}: no such file or directory (expected a run directory, a model/state-dict file, "
             "or named weights like torchvision:resnet50.IMAGENET1K_V2 or timm:resnet50.a1_in1k)"
         )
+    if path.is_dir() and not (path / "model.safetensors").exists() and (path / "checkpoints" / "best.pt").is_file():
+        return _from_torch_file(path / "checkpoints" / "best.pt")  # a run stopped before writing its model file
     if path.is_dir() or _has_resnetlab_sidecar(path):
         return _from_resnetlab_model(path)
     if path.suffix == ".safetensors":
