@@ -122,6 +122,7 @@ def test_page_and_static_files(client):
     for asset in re.findall(r'(?:src|href)="(/static/[^"]+)"', page.text):
         assert client.get(asset).status_code == 200, asset
     assert "cdn" not in page.text.lower() and "https://" not in page.text  # works offline
+    assert client.get("/openapi.json").json()["paths"]["/predict"]
 
 
 def test_predict_one_image_matches_the_library(client, predictor):

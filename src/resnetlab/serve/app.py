@@ -77,7 +77,8 @@ def create_app(predictor, *, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, max_f
     max_bytes = int(max_upload_mb * 1024 * 1024)
     report_dir = Path(report_dir) if report_dir else None
     has_report = bool(report_dir and (report_dir / "report.html").is_file())
-    app = FastAPI(title="resnetlab", version=__version__, docs_url="/docs", redoc_url=None)
+    # No Swagger/ReDoc pages: they load their scripts from a CDN, and this server must work offline.
+    app = FastAPI(title="resnetlab", version=__version__, docs_url=None, redoc_url=None)
     app.state.predictor = predictor
 
     @app.exception_handler(StarletteHTTPException)
