@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from resnetlab.models.base import ClassifierModel, init_conv_kaiming
 from resnetlab.models.blocks import conv3x3
@@ -164,10 +163,20 @@ class FastNet(ClassifierModel):
         """
         weight = self.whiten.weight
         out_channels, in_chans, kh, kw = weight.shape
-        patches = F.unfold(images.to(weight.device, torch.float32), kernel_size=(kh, kw))  # (N, C*kh*kw, L)
-        patches = patches.transpose(1, 2).reshape(-1, in_chans * kh * kw)  # (N*L, 12)
-        patches = patches - patches.mean(dim=0)
-        covariance = (patches.T @ patches / len(patches)).double().cpu()  # (12, 12)
+        dim = in_chans * kh * kw
+        total = torch.zeros(dim, dtype=torch.float64)
+        outer = torch.zeros(dim, dim, dtype=torch.float64)
+        count = 0
+        for chunk in images.split(256):  # bounded memory: ~1,000 patches per image
+            chunk = chunk.to(weight.device, torch.float32)
+            windows = chunk.unfold(2, kh, 1).unfold(3, kw, 1)  # view (n, C, H', W', kh, kw)
+            # (C, kh, kw) order, as the conv weight flattens
+            patches = windows.permute(0, 2, 3, 1, 4, 5).reshape(-1, dim).double()  # (n*H'*W', 12)
+            total += patches.sum(dim=0).cpu()
+            outer += (patches.T @ patches).cpu()
+            count += len(patches)
+        mean = total / count
+        covariance = outer / count - torch.outer(mean, mean)  # (12, 12)
         eigenvalues, eigenvectors = torch.linalg.eigh(covariance)  # columns are eigenvectors
         filters = eigenvectors.T / torch.sqrt(eigenvalues.clamp_min(0) + eps)[:, None]  # (12, 12)
         filters = filters.reshape(-1, in_chans, kh, kw)
