@@ -27,9 +27,9 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 
 @pytest.fixture(autouse=True)
 def _few_threads():
-    # Tests are small; 1-2 threads avoid oversubscribing CI's 2 cores.
+    # Tests are small; one thread each avoids oversubscribing CI's 2 cores (subprocess tests run beside pytest).
     previous = torch.get_num_threads()
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
 
