@@ -299,7 +299,8 @@ class _Trainer:
             time.sleep(cfg.debug.sleep_per_step)
         if self.info.is_main:
             if cfg.log_step_loss:
-                self.step_records.append({"step": record["step"], "loss": record["loss"], "lr": record["lr"], "skipped": record["skipped"]})
+                self.step_records.append({"step": record["step"], "loss": record["loss"], "acc": record["correct"] / max(record["seen"], 1),
+                                          "lr": record["lr"], "skipped": record["skipped"]})
             if "probe" in record:
                 self.run_dir.append_jsonl("grad_norms.jsonl", [{"step": record["step"], "epoch": state.epoch, **record["probe"]}])
             if self.tb is not None and record["step"] % 10 == 0:
