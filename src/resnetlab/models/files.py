@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save as safetensors_save
 
-from resnetlab.errors import CheckpointError
+from resnetlab.errors import CheckpointError, ResnetlabError
 from resnetlab.models.registry import ModelMeta, create_model
 from resnetlab.utils.atomic import atomic_write_bytes, atomic_write_text
 
@@ -86,19 +86,94 @@ def load_model_file(path: str | Path, map_location: str | torch.device = "cpu") 
     """Rebuild the architecture from the metadata and load the weights (strict)."""
     path = resolve_model_path(path)
     info = read_model_info(path)
-    meta = ModelMeta.from_dict(info["meta"])
+    meta = _meta_from(info.get("meta"), path.with_suffix(".json"))
     try:
         state = load_file(str(path), device=str(map_location))
     except Exception as exc:  # safetensors raises its own error types for truncated/corrupt files
         raise CheckpointError(f"{path}: corrupt or truncated weights file ({exc})") from exc
-    model = create_model(meta.name, num_classes=meta.num_classes, **meta.options)
+    model = _build_with(meta, state, path)
+    model.extra = info.get("extra", {}) if isinstance(info.get("extra"), dict) else {}
+    return model.to(map_location)
+
+
+def _meta_from(data, where: Path) -> ModelMeta:
+    """``ModelMeta`` from a file's metadata, or a CheckpointError naming the file."""
+    try:
+        meta = ModelMeta.from_dict(data)
+        if not isinstance(meta.name, str) or not isinstance(meta.num_classes, int) or meta.num_classes < 1 \
+                or not isinstance(meta.options, dict) or not isinstance(meta.classifier, str):
+            raise TypeError("name, num_classes, options or classifier has the wrong type")
+        if len(meta.input_size) != 3 or not all(isinstance(v, int) and v > 0 for v in meta.input_size):
+            raise ValueError(f"input_size {meta.input_size!r} is not three positive integers")
+        if any(len(v) != 3 or not all(isinstance(x, (int, float)) for x in v) for v in (meta.mean, meta.std)):
+            raise ValueError("mean/std must be three numbers each")
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise CheckpointError(f"{where}: malformed model metadata ({exc})") from None
+    return meta
+
+
+def _build_with(meta: ModelMeta, state, path: Path) -> nn.Module:
+    """The architecture ``meta`` names, holding ``state`` (strict); errors name the file and both sides."""
+    if not isinstance(state, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()):
+        raise CheckpointError(f"{path}: the model weights are not a mapping of names to tensors")
+    try:
+        model = create_model(meta.name, num_classes=meta.num_classes, **meta.options)
+    except (ResnetlabError, TypeError, ValueError) as exc:  # unknown name, options the builder refuses
+        raise CheckpointError(f"{path}: its metadata describes a model resnetlab cannot build ({exc})") from exc
     try:
         model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not match architecture {meta.name!r}: {exc}") from exc
+    except RuntimeError:
+        raise _mismatch_error(path, meta, model, state) from None
     model.meta = meta
-    model.extra = info.get("extra", {})
-    return model.to(map_location)
+    model.extra = {}
+    return model
+
+
+def _mismatch_error(path: Path, meta: ModelMeta, model: nn.Module, state: dict) -> CheckpointError:
+    """Say what the metadata promises and what the weights are (a file copied between runs, a wrong class count)."""
+    target = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    held = {k: tuple(v.shape) for k, v in state.items()}
+    head = held.get(f"{meta.classifier}.weight")
+    classes = head[0] if head else None
+    guess = _which_architecture(held, meta, classes)
+    what = guess or "another architecture"
+    if classes is not None:
+        what += f" with {classes} classes"
+    missing = [k for k in target if k not in held]
+    unexpected = [k for k in held if k not in target]
+    shapes = [f"{k} {held[k]} vs {target[k]}" for k in target if k in held and held[k] != target[k]]
+
+    def few(items: list[str]) -> str:
+        return ", ".join(items[:3]) + (f" ... (+{len(items) - 3})" if len(items) > 3 else "")
+
+    details = [f"{len(missing)} keys missing [{few(missing)}]" if missing else "",
+               f"{len(unexpected)} unexpected keys [{few(unexpected)}]" if unexpected else "",
+               f"{len(shapes)} shapes differ, file vs model [{few(shapes)}]" if shapes else ""]
+    return CheckpointError(
+        f"{path}: weights do not fit {meta.name!r} with {meta.num_classes} classes (what its metadata says): "
+        f"they are {what}; " + "; ".join(d for d in details if d)
+    )
+
+
+def _which_architecture(held: dict[str, tuple], meta: ModelMeta, classes: int | None) -> str | None:
+    """Registered models whose state dict has exactly these keys and shapes (built on the meta device:
+    no memory); the metadata's own family first, since e.g. resnet32 and plain32 share every shape."""
+    from resnetlab.models.registry import get_model_entry, list_models
+
+    family = get_model_entry(meta.name).family
+    names = sorted(list_models(), key=lambda n: (n != meta.name, get_model_entry(n).family != family, n))
+    matches = []
+    for name in names:
+        for options in ({**meta.options}, {}) if meta.options else ({},):
+            try:
+                with torch.device("meta"):
+                    candidate = create_model(name, num_classes=classes or meta.num_classes, **options)
+            except Exception:  # noqa: BLE001 - options another builder does not take; just not this one
+                continue
+            if {k: tuple(v.shape) for k, v in candidate.state_dict().items()} == held:
+                matches.append(name + (f" {options}" if options else ""))
+                break
+    return " or ".join(matches[:3]) if matches else None
 
 
 CHECKPOINT_KIND = "resnetlab-checkpoint"
@@ -128,13 +203,6 @@ def load_trained_model(path: str | Path, map_location: str | torch.device = "cpu
     path = Path(path)
     if path.suffix in (".pt", ".pth"):
         checkpoint = load_checkpoint_dict(path, map_location)
-        meta = ModelMeta.from_dict(checkpoint["meta"])
-        model = create_model(meta.name, num_classes=meta.num_classes, **meta.options)
-        try:
-            model.load_state_dict(checkpoint["model"], strict=True)
-        except RuntimeError as exc:
-            raise CheckpointError(f"{path}: weights do not match architecture {meta.name!r}: {exc}") from exc
-        model.meta = meta
-        model.extra = {}
-        return model.to(map_location)
+        meta = _meta_from(checkpoint.get("meta"), path)
+        return _build_with(meta, checkpoint.get("model"), path).to(map_location)
     return load_model_file(path, map_location)
