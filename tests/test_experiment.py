@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from resnetlab.cli import main
@@ -39,7 +40,12 @@ def experiment(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("degradation")
     data = make_image_folder(tmp / "images")
     out = tmp / "out"
-    code = main(["experiment", "degradation", "--data", str(data), "--out", str(out), *ARGS])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny batches: a second thread only adds synchronization (and stalls on a busy machine)
+    try:
+        code = main(["experiment", "degradation", "--data", str(data), "--out", str(out), *ARGS])
+    finally:
+        torch.set_num_threads(threads)
     assert code == 0
     return out, data
 
