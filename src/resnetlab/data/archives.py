@@ -171,8 +171,10 @@ def _read_zip(path: Path, limit: int) -> tuple[bytearray, list[Member]]:
             mode = info.external_attr >> 16
             if info.is_dir():
                 members.append(Member(parts, "dir"))
-            elif mode and not stat.S_ISREG(mode):
-                members.append(Member(parts, "other"))  # a symlink or device stored in the zip
+            elif stat.S_IFMT(mode) not in (0, stat.S_IFREG):
+                # A symlink or device stored in the zip. Mode bits without a file type (what
+                # Python's ZipFile.writestr and many tools write, e.g. 0o600) are plain files.
+                members.append(Member(parts, "other"))
             else:
                 try:
                     data = archive.read(info)
