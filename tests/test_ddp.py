@@ -36,7 +36,7 @@ def train_args(folder: Path, run_dir: Path) -> list[str]:
     return [
         "-m", "resnetlab", "train", "--model", "cnn_baseline", "--data", str(folder), "--device", "cpu", "--seed", "5",
         "--batch-size", "16", "--val-size", "16", "--max-steps", str(STEPS), "--run-dir", str(run_dir),
-        "--set", "model.options={width: 8, hidden: 16}", "--set", "log_step_loss=true", "--set", "optim.lr=0.05",
+        "--set", "model.options={width: 8, hidden: 16}", "--set", "log_step_loss=true", "--set", "eval_report=false", "--set", "optim.lr=0.05",
         "--set", "augment.flip=true", "--set", "augment.crop_padding=2",
     ]
 

@@ -44,7 +44,7 @@ def common(folder: Path, run_dir: Path) -> list[str]:
     return [
         "--model", "tiny_test_net", "--data", str(folder), "--device", "cpu", "--seed", "3",
         "--batch-size", "16", "--val-size", "16", "--max-steps", str(TOTAL), "--run-dir", str(run_dir),
-        "--set", "model.options={dropout: 0.5, bn: true}", "--set", "log_step_loss=true",
+        "--set", "model.options={dropout: 0.5, bn: true}", "--set", "log_step_loss=true", "--set", "eval_report=false",
         "--set", "optim.lr=0.05", "--set", "ema_decay=0.9",
     ]
 

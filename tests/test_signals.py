@@ -38,7 +38,7 @@ def args(folder: Path, run_dir: Path, *extra: str) -> list[str]:
     return [
         sys.executable, "-m", "resnetlab", "train", "--model", "cnn_baseline", "--data", str(folder),
         "--device", "cpu", "--seed", "1", "--batch-size", "16", "--val-size", "16", "--max-steps", str(TOTAL),
-        "--run-dir", str(run_dir), "--set", "model.options={width: 4, hidden: 8}", "--set", "log_step_loss=true", *extra,
+        "--run-dir", str(run_dir), "--set", "model.options={width: 4, hidden: 8}", "--set", "log_step_loss=true", "--set", "eval_report=false", *extra,
     ]
 
 

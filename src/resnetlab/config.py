@@ -103,6 +103,7 @@ class TrainConfig:
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (autocast on GPU; fp32 on CPU)
     ema_decay: float | None = None  # exponential moving average of weights, e.g. 0.999
     tta: bool = False  # test-time augmentation in the final evaluation
+    eval_report: bool = True  # write the full evaluation report (eval/); false: test accuracy only
     checkpoint_every: int = 0  # also checkpoint every N steps (0: at epoch ends only)
     keep_last: int = 2  # number of last-*.pt checkpoints kept
     nonfinite: str = "error"  # error | skip: what to do with a NaN/Inf loss or gradient

@@ -445,10 +445,12 @@ class _Trainer:
     def _final_evaluation(self, model: nn.Module, test_set, split_name: str) -> float | None:
         """Evaluate the held-out split once: the evaluation report when available, else plain accuracy."""
         cfg = self.cfg
-        try:
-            from resnetlab.evaluation import evaluate_model
-        except ImportError:
-            evaluate_model = None
+        evaluate_model = None
+        if cfg.eval_report:
+            try:
+                from resnetlab.evaluation import evaluate_model
+            except ImportError:  # the evaluation package is optional for the engine
+                evaluate_model = None
         if evaluate_model is not None:
             context = {"run": self.run_dir.path.name, "split": split_name, "recipe": cfg.recipe, "data": cfg.data.spec}
             report = evaluate_model(model, test_set, self.run_dir.eval_dir, device=str(self.device), batch_size=cfg.eval_batch_size, tta=cfg.tta, context=context)
