@@ -143,13 +143,13 @@ def test_python_examples_run():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # about 2 minutes on an idle 2-core machine; much more when it is shared
 def test_guide_commands_run(tmp_path):
     make_tiny_archive(tmp_path / "tiny-cifar10.tar.gz")
     (tmp_path / "recipes").symlink_to(REPO / "recipes")
     env = dict(os.environ, OMP_NUM_THREADS="1", PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     port = free_port()
     server = None
-    started = time.monotonic()
     try:
         for command in commands(GUIDE.read_text()):
             line = tiny(command, port)
@@ -167,4 +167,4 @@ def test_guide_commands_run(tmp_path):
             server.terminate()
             server.wait(timeout=30)
     assert (tmp_path / "runs/degradation-cpu/degradation.png").is_file()
-    assert time.monotonic() - started < 600
+    assert (tmp_path / "runs/guide-resnet20/model.onnx").is_file()
