@@ -1,0 +1,209 @@
+"""Training images/s on CPU: resnetlab's engine step vs a plain PyTorch loop, side by side.
+
+Both sides train the same model (fresh copies of one initialisation), batch 128, SGD (momentum
+0.9, weight decay 5e-4), fp32 eager, on the same decoded CIFAR-10 training images:
+
+- engine: ``resnetlab.engine.loop.train_step`` (the step ``resnetlab train`` runs: lr set from
+  the schedule, loss, backward, grad-norm check, one host sync, optimizer step) fed by
+  ``DeviceLoader`` (batched pad-4 crop + flip on uint8, normalize).
+- plain: torchvision ``DataLoader`` (num_workers=2) over the uint8 array with
+  RandomCrop(32, padding=4) + RandomHorizontalFlip + ToTensor + Normalize, then
+  ``zero_grad / forward / cross_entropy / backward / step / loss.item()``.
+
+Windows alternate (plain, engine, plain, ...) so background load hits both alike; the plain
+loop's workers start, warm up and shut down inside its own window. Medians over the windows.
+Achieved GFLOP/s = 3 x forward FLOPs (fwd + ~2x for bwd) x images/s.
+
+    .venv/bin/python benchmarks/bench_train.py [--models resnet20,resnet56,resnet18_cifar] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_loader import ARCHIVE, MEAN, STD, baseline_loader, machine  # noqa: E402
+
+from resnetlab.data import AugmentConfig, DeviceLoader  # noqa: E402
+from resnetlab.data.folders import load_image_folder  # noqa: E402
+from resnetlab.engine.loop import StepOptions, TrainState, train_step  # noqa: E402
+from resnetlab.engine.optim import build_optimizer, param_groups  # noqa: E402
+from resnetlab.engine.precision import resolve_precision  # noqa: E402
+from resnetlab.engine.schedule import TrainErrorWarmup  # noqa: E402
+from resnetlab.config import OptimConfig  # noqa: E402
+from resnetlab.models import count_flops, create_model  # noqa: E402
+
+# Steps per timed window, by model (bounded run time on a loaded 2-core machine).
+DEFAULT_STEPS = {"resnet20": 6, "resnet56": 3, "resnet18_cifar": 1}
+
+
+def engine_runner(model: nn.Module, train_set, batch_size: int, channels_last: bool):
+    """A generator function: each next() runs one engine training step."""
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    cfg = OptimConfig(name="sgd", lr=0.05, momentum=0.9, weight_decay=5e-4)
+    state = TrainState(
+        model=model, optimizer=build_optimizer(param_groups(model, cfg.weight_decay, False), cfg),
+        criterion=nn.CrossEntropyLoss(), precision=resolve_precision("fp32", torch.device("cpu")),
+        lr_fn=lambda step: cfg.lr, warmup=TrainErrorWarmup(None, 0.01, 50),
+    )
+    loader = DeviceLoader(train_set, batch_size, train=True, device="cpu", seed=0, mean=MEAN, std=STD,
+                          augment=AugmentConfig(crop_padding=4, pad_mode="zeros", flip=True), channels_last=channels_last)
+    options = StepOptions()
+
+    def steps():
+        epoch = 0
+        while True:
+            for x, y in loader.epoch(epoch):
+                train_step(state, x, y, options)
+                yield len(y)
+            epoch += 1
+
+    return steps()
+
+
+def plain_runner(model: nn.Module, images, labels, batch_size: int, workers: int):
+    """Returns make_window(): a fresh DataLoader iterator driving a textbook training loop."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    loader = baseline_loader(images, labels, batch_size, workers)
+
+    def window():
+        model.train()
+        for x, y in loader:
+            optimizer.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            optimizer.step()
+            loss.item()
+            yield len(y)
+
+    return window
+
+
+def timed(steps, warmup: int, n: int) -> float:
+    """Images/s over n steps of the iterator ``steps`` after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        next(steps)
+    start, seen = time.perf_counter(), 0
+    for _ in range(n):
+        seen += next(steps)
+    return seen / (time.perf_counter() - start)
+
+
+def bench_model(name: str, train_set, args) -> dict:
+    torch.manual_seed(0)
+    base_model = create_model(name, num_classes=10)
+    flops = count_flops(base_model, (3, 32, 32))  # forward FLOPs (2 x MACs) per image
+    engine_model, plain_model = copy.deepcopy(base_model), copy.deepcopy(base_model)
+    steps = args.steps or DEFAULT_STEPS.get(name, 3)
+    engine_steps = engine_runner(engine_model, train_set, args.batch_size, args.channels_last)
+    make_plain = plain_runner(plain_model, train_set.images.numpy(), train_set.labels.numpy(), args.batch_size, args.workers)
+    timed(engine_steps, args.warmup, 0)  # one-time warm-up (allocator, oneDNN primitives)
+    engine_runs, plain_runs = [], []
+    for r in range(args.repeats):
+        plain = make_plain()
+        plain_runs.append(timed(plain, args.warmup, steps))
+        plain.close()  # shuts the workers down before the engine window
+        engine_runs.append(timed(engine_steps, 1, steps))
+        print(f"  {name} round {r + 1}: plain {plain_runs[-1]:.1f} img/s, engine {engine_runs[-1]:.1f} img/s", flush=True)
+    eng, plain = statistics.median(engine_runs), statistics.median(plain_runs)
+    return {
+        "model": name, "fwd_gflops_per_image": flops / 1e9, "steps_per_window": steps,
+        "engine_runs": engine_runs, "plain_runs": plain_runs, "engine_median": eng, "plain_median": plain,
+        "ratio": eng / plain, "engine_gflops_s": 3 * flops * eng / 1e9, "plain_gflops_s": 3 * flops * plain / 1e9,
+    }
+
+
+def cpu_peak_gflops() -> tuple[float, str]:
+    """Rough fp32 peak: cores x GHz x FLOPs/cycle (from the SIMD width and FMA pipes)."""
+    cores = len(os.sched_getaffinity(0))
+    mhz = 0.0
+    flags = ""
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("cpu MHz") and not mhz:
+            mhz = float(line.split(":")[1])
+        if line.startswith("flags") and not flags:
+            flags = line
+    family = model = None
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("cpu family") and family is None:
+            family = int(line.split(":")[1])
+        if line.startswith("model\t") and model is None:
+            model = int(line.split(":")[1])
+    if "avx512f" in flags:
+        per_cycle, why = 64, "AVX-512: 2 FMA units x 16 fp32 lanes x 2"
+    elif "avx2" in flags and family == 23:  # AMD Zen 1/2 (family 17h): Zen 1 splits 256-bit ops in two 128-bit halves
+        per_cycle = 16 if model is not None and model < 0x30 else 32
+        why = ("Zen 1: AVX2 executed as 2 x 128-bit FMA pipes x 4 fp32 lanes x 2" if per_cycle == 16
+               else "Zen 2: 2 x 256-bit FMA pipes x 8 fp32 lanes x 2")
+    elif "avx2" in flags and "fma" in flags:
+        per_cycle, why = 32, "AVX2+FMA: 2 FMA units x 8 fp32 lanes x 2"
+    else:
+        per_cycle, why = 8, "SSE: 4 fp32 lanes x (add + mul)"
+    peak = cores * mhz / 1000 * per_cycle
+    return peak, f"{cores} cores x {mhz / 1000:.2f} GHz x {per_cycle} fp32 FLOPs/cycle ({why}) = {peak:.0f} GFLOP/s"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--archive", default=str(ARCHIVE))
+    parser.add_argument("--models", default="resnet20,resnet56,resnet18_cifar")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the plain loop")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
+    parser.add_argument("--channels-last", action="store_true", help="engine side in channels_last")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating windows per side")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per window (default: by model)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps before each window")
+    parser.add_argument("--limit", type=int, default=10000, help="training images used (the step cost does not depend on it)")
+    parser.add_argument("--json", default=None, help="write the raw results here")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    train = load_image_folder(args.archive)["train"]
+    if args.limit and len(train) > args.limit:
+        from resnetlab.data.imageset import ImageSet
+
+        train = ImageSet(images=train.images[: args.limit], labels=train.labels[: args.limit], classes=train.classes,
+                         mean=train.mean, std=train.std, source=train.source)
+    peak, peak_text = cpu_peak_gflops()
+    load_before = os.getloadavg()
+    print(f"machine: {machine()}; torch threads {torch.get_num_threads()}; load {load_before}", flush=True)
+    print(f"peak estimate: {peak_text}", flush=True)
+    results = []
+    t0 = time.perf_counter()
+    for name in args.models.split(","):
+        res = bench_model(name.strip(), train, args)
+        results.append(res)
+        print(f"{name}: plain {res['plain_median']:.1f} img/s ({res['plain_gflops_s']:.1f} GFLOP/s), engine {res['engine_median']:.1f} "
+              f"img/s ({res['engine_gflops_s']:.1f} GFLOP/s, {100 * res['engine_gflops_s'] / peak:.0f}% of peak), ratio {res['ratio']:.2f}x", flush=True)
+    out = {
+        "machine": machine(), "torch_threads": torch.get_num_threads(), "batch_size": args.batch_size,
+        "workers": args.workers, "channels_last": args.channels_last, "repeats": args.repeats,
+        "load_before": load_before, "load_after": os.getloadavg(), "wall_s": time.perf_counter() - t0,
+        "peak_gflops": peak, "peak_text": peak_text, "command": " ".join([".venv/bin/python", "benchmarks/bench_train.py", *sys.argv[1:]]),
+        "results": results,
+    }
+    print(f"load after: {out['load_after']}; wall {out['wall_s']:.0f} s")
+    if args.json:
+        from resnetlab.utils.atomic import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
