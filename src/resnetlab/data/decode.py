@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from resnetlab.errors import DataError
+
 try:  # libjpeg-turbo through simplejpeg: ~5x faster than PIL on small JPEGs (PIL parses markers in Python)
     import simplejpeg
 except ImportError:  # pragma: no cover - optional speed-up; PIL decodes everything on its own
@@ -37,8 +39,8 @@ MAX_PIXELS = int(Image.MAX_IMAGE_PIXELS or 89_478_485)
 PARALLEL_MIN_IMAGES = 2048
 
 
-class BadImage(Exception):
-    """A file that could not be turned into an image; ``str()`` says why."""
+class BadImage(DataError):
+    """A file that could not be turned into an image; ``str()`` says why (callers prefix the file name)."""
 
 
 @dataclass(frozen=True)

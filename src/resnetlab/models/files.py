@@ -9,10 +9,12 @@ This is the format ``train`` writes and ``evaluate``/``predict``/``export``/``se
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import torch
 import torch.nn as nn
+from safetensors import safe_open
 from safetensors.torch import load_file, save as safetensors_save
 
 from resnetlab.errors import CheckpointError, ResnetlabError
@@ -50,7 +52,10 @@ def save_model_file(model: nn.Module, path: str | Path, extra: dict | None = Non
     for key, value in state.items():
         if value.is_floating_point() and not torch.isfinite(value).all():
             raise CheckpointError(f"refusing to write {path}: tensor {key!r} has non-finite values")
-    atomic_write_bytes(path, safetensors_save(state, metadata={"format": "resnetlab", "version": str(FORMAT_VERSION)}))
+    # The architecture is recorded beside the tensors too, so a weights file copied next to another
+    # model's model.json is reported as what it is (see _mismatch_error).
+    header = {"format": "resnetlab", "version": str(FORMAT_VERSION), "architecture": meta.name, "num_classes": str(meta.num_classes)}
+    atomic_write_bytes(path, safetensors_save(state, metadata=header))
     sidecar = {"format": "resnetlab-model", "format_version": FORMAT_VERSION, "weights": path.name, "meta": meta.to_dict(), "extra": extra or {}}
     atomic_write_text(path.with_suffix(".json"), json.dumps(sidecar, indent=2))
     return path
@@ -74,10 +79,10 @@ def read_model_info(path: str | Path) -> dict:
     """The parsed JSON sidecar of a model file."""
     path = resolve_model_path(path)
     try:
-        info = json.loads(path.with_suffix(".json").read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        info = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # ValueError: invalid JSON or not UTF-8 (found by tests/test_fuzz.py)
         raise CheckpointError(f"{path.with_suffix('.json')}: unreadable model metadata ({exc})") from exc
-    if info.get("format") != "resnetlab-model":
+    if not isinstance(info, dict) or info.get("format") != "resnetlab-model":
         raise CheckpointError(f"{path.with_suffix('.json')}: not a resnetlab model metadata file")
     return info
 
@@ -89,9 +94,11 @@ def load_model_file(path: str | Path, map_location: str | torch.device = "cpu") 
     meta = _meta_from(info.get("meta"), path.with_suffix(".json"))
     try:
         state = load_file(str(path), device=str(map_location))
+        with safe_open(str(path), framework="pt") as handle:
+            written_for = (handle.metadata() or {}).get("architecture")
     except Exception as exc:  # safetensors raises its own error types for truncated/corrupt files
         raise CheckpointError(f"{path}: corrupt or truncated weights file ({exc})") from exc
-    model = _build_with(meta, state, path)
+    model = _build_with(meta, state, path, written_for)
     model.extra = info.get("extra", {}) if isinstance(info.get("extra"), dict) else {}
     return model.to(map_location)
 
@@ -112,10 +119,18 @@ def _meta_from(data, where: Path) -> ModelMeta:
     return meta
 
 
-def _build_with(meta: ModelMeta, state, path: Path) -> nn.Module:
+def _build_with(meta: ModelMeta, state, path: Path, written_for: str | None = None) -> nn.Module:
     """The architecture ``meta`` names, holding ``state`` (strict); errors name the file and both sides."""
     if not isinstance(state, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()):
         raise CheckpointError(f"{path}: the model weights are not a mapping of names to tensors")
+    head = state.get(f"{meta.classifier}.weight")
+    if head is None or head.ndim != 2 or head.shape[0] != meta.num_classes:
+        # Checked before building: a metadata file claiming 10**12 classes must not allocate that classifier.
+        found = f"has {head.shape[0]} outputs" if head is not None and head.ndim == 2 else "is missing"
+        raise CheckpointError(
+            f"{path}: weights do not fit {meta.name!r} with {meta.num_classes} classes (what its metadata says): "
+            f"their classifier {meta.classifier!r} {found}" + (f"; they were written for {written_for}" if written_for else "")
+        )
     try:
         model = create_model(meta.name, num_classes=meta.num_classes, **meta.options)
     except (ResnetlabError, TypeError, ValueError) as exc:  # unknown name, options the builder refuses
@@ -123,19 +138,24 @@ def _build_with(meta: ModelMeta, state, path: Path) -> nn.Module:
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError:
-        raise _mismatch_error(path, meta, model, state) from None
+        raise _mismatch_error(path, meta, model, state, written_for) from None
     model.meta = meta
     model.extra = {}
     return model
 
 
-def _mismatch_error(path: Path, meta: ModelMeta, model: nn.Module, state: dict) -> CheckpointError:
+def _mismatch_error(path: Path, meta: ModelMeta, model: nn.Module, state: dict, written_for: str | None) -> CheckpointError:
     """Say what the metadata promises and what the weights are (a file copied between runs, a wrong class count)."""
     target = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     held = {k: tuple(v.shape) for k, v in state.items()}
     head = held.get(f"{meta.classifier}.weight")
     classes = head[0] if head else None
-    guess = _which_architecture(held, meta, classes)
+    if isinstance(written_for, str) and written_for:
+        guess = written_for
+    elif len(held.keys() & target.keys()) >= len(target) // 2:  # a sibling (deeper/shallower) of the same family
+        guess = _which_architecture(held, meta, classes)
+    else:
+        guess = None
     what = guess or "another architecture"
     if classes is not None:
         what += f" with {classes} classes"
@@ -155,15 +175,22 @@ def _mismatch_error(path: Path, meta: ModelMeta, model: nn.Module, state: dict) 
     )
 
 
-def _which_architecture(held: dict[str, tuple], meta: ModelMeta, classes: int | None) -> str | None:
-    """Registered models whose state dict has exactly these keys and shapes (built on the meta device:
-    no memory); the metadata's own family first, since e.g. resnet32 and plain32 share every shape."""
+def _which_architecture(held: dict[str, tuple], meta: ModelMeta, classes: int | None, budget_s: float = 1.0) -> str | None:
+    """The model of ``meta``'s family whose state dict has exactly these keys and shapes, shallowest first
+    (built on the meta device: no memory, ~0.05 s each); None when none matches within ``budget_s``."""
     from resnetlab.models.registry import get_model_entry, list_models
 
     family = get_model_entry(meta.name).family
-    names = sorted(list_models(), key=lambda n: (n != meta.name, get_model_entry(n).family != family, n))
-    matches = []
+
+    def depth(name: str) -> int:
+        digits = "".join(c if c.isdigit() else " " for c in name).split()
+        return int(digits[0]) if digits else 0
+
+    names = sorted((n for n in list_models() if get_model_entry(n).family == family), key=lambda n: (n != meta.name, depth(n), n))
+    deadline = time.monotonic() + budget_s
     for name in names:
+        if time.monotonic() > deadline:
+            break
         for options in ({**meta.options}, {}) if meta.options else ({},):
             try:
                 with torch.device("meta"):
@@ -171,9 +198,8 @@ def _which_architecture(held: dict[str, tuple], meta: ModelMeta, classes: int | 
             except Exception:  # noqa: BLE001 - options another builder does not take; just not this one
                 continue
             if {k: tuple(v.shape) for k, v in candidate.state_dict().items()} == held:
-                matches.append(name + (f" {options}" if options else ""))
-                break
-    return " or ".join(matches[:3]) if matches else None
+                return name + (f" {options}" if options else "")
+    return None
 
 
 CHECKPOINT_KIND = "resnetlab-checkpoint"
