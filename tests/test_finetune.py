@@ -61,6 +61,7 @@ def _run(run_dir: Path, splits, source: Path, **overrides):
     settings = {
         "finetune.source": str(source), "epochs": 1, "batch_size": 8, "eval_batch_size": 8, "device": "cpu",
         "run_dir": str(run_dir), "keep_last": 1, "optim.lr": 0.05, "schedule.warmup": 0,
+        "eval_report": False,  # test accuracy only; the report is checked once below and in the CLI test
     }
     settings.update(overrides)
     config, options = build_config(None, settings)
@@ -126,7 +127,7 @@ def test_linear_probe_resnet50_safetensors_keeps_backbone_bit_identical(tmp_path
     source = _weights("resnet50")
     save_file(source, str(tmp_path / "resnet50.safetensors"))
     result = _run(tmp_path / "lp", splits, tmp_path / "resnet50.safetensors",
-                  **{"finetune.strategy": "linear-probe", "data.image_size": 32})
+                  **{"finetune.strategy": "linear-probe", "data.image_size": 32, "eval_report": True})
     state = _last_state(result.run_dir)
     for key in source:
         if not key.startswith("fc."):
