@@ -272,3 +272,23 @@ def test_resume_with_another_model_is_refused_naming_both(tmp_path, folder, caps
     if code == 1 and "resnet20" in err and "cnn_baseline" in err:
         return
     pytest.xfail(f"engine gap (reported): --resume with another --model gives exit {code}: {err.strip()[-300:]}")
+
+
+@pytest.mark.parametrize("change, malformed", [
+    ({"num_classes": "ten"}, True), ({"name": None}, True), ({"input_size": [3, -1, 32]}, True), ({"options": "cifar_stem"}, True),
+    ({"num_classes": 10**12}, False), ({"name": "no_such_model"}, False),  # well-typed, but no model file can hold them
+])
+def test_malformed_metadata_is_a_checkpoint_error_naming_the_file(tmp_path, change, malformed):
+    import json
+
+    from resnetlab.models.files import read_model_meta
+
+    save_model_file(create_model("cnn_baseline", num_classes=3), tmp_path)
+    info = json.loads((tmp_path / "model.json").read_text())
+    info["meta"].update(change)
+    (tmp_path / "model.json").write_text(json.dumps(info))
+    if malformed:
+        with pytest.raises(CheckpointError, match=r"model\.json: malformed model metadata"):
+            read_model_meta(tmp_path)
+    with pytest.raises(CheckpointError, match=r"model\.(json|safetensors)"):
+        load_model_file(tmp_path)  # a 10**12-class head is refused before anything is allocated

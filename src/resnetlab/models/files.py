@@ -87,6 +87,12 @@ def read_model_info(path: str | Path) -> dict:
     return info
 
 
+def read_model_meta(path: str | Path) -> ModelMeta:
+    """The validated :class:`ModelMeta` of a model file (CheckpointError naming the file when malformed)."""
+    path = resolve_model_path(path)
+    return _meta_from(read_model_info(path).get("meta"), path.with_suffix(".json"))
+
+
 def load_model_file(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
     """Rebuild the architecture from the metadata and load the weights (strict)."""
     path = resolve_model_path(path)
