@@ -35,7 +35,7 @@ def add_parser(subparsers) -> None:
         "degradation",
         help="plain vs residual networks at several depths (He et al. 2016, Fig. 6)",
         description="Train plainD and resnetD for each depth and seed with one budget, logging gradient norms; "
-        "write training/validation error curves, gradient norm by depth and a table of final errors with 95%% intervals.",
+        "write training/validation error curves, gradient norm by depth and a table of final errors with 95% intervals.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
