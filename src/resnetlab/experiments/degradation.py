@@ -11,7 +11,8 @@ logging per-layer gradient norms at a few steps. The result is a directory:
     OUT/grad_flow.png      gradient norm by layer depth, plain vs residual (log scale)
     OUT/results.md/.json   final errors, mean ± std and a 95% t-interval over seeds; the commands
 
-Budgets: ``PRESETS["cpu"]`` (a subset and a few epochs: minutes on a laptop CPU) and
+Budgets: ``PRESETS["cpu"]`` (200 steps on a 1600-image subset: tens of minutes on an idle
+2-core CPU, hours on a busy shared one) and
 ``PRESETS["full"]`` (the paper's 64k iterations of batch 128 on the 45k/5k split, for a GPU).
 The learning-rate schedule is the paper's at any budget: 0.1, divided by 10 at 50% and 75% of
 training (32k and 48k of 64k iterations).
