@@ -14,7 +14,7 @@ logging per-layer gradient norms at a few steps. The result is a directory:
 Budgets: ``PRESETS["cpu"]`` (200 steps on a 1600-image subset: tens of minutes on an idle
 2-core CPU, hours on a busy shared one) and
 ``PRESETS["full"]`` (the paper's 64k iterations of batch 128 on the 45k/5k split, for a GPU).
-The learning-rate schedule is the paper's at any budget: 0.1, divided by 10 at 50% and 75% of
+The learning-rate schedule has the paper's shape at any budget: divided by 10 at 50% and 75% of
 training (32k and 48k of 64k iterations).
 """
 
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 KINDS = ("plain", "resnet")  # plain-D (no shortcuts) and ResNet-D (option A shortcuts)
 
 PRESETS: dict[str, dict] = {
-    # Minutes on a 2-core CPU: 200 steps of batch 32 on a 1600-image stratified subset. Smaller
+    # 200 steps of batch 32 on a 1600-image stratified subset. Smaller
     # batches buy more updates for the same compute; lr 0.05 (between the linear-scaling 0.025 of
     # Goyal et al. 2017 and the paper's 0.1) for fast early progress. Shows the early gap by depth,
     # not the paper's final error levels.
