@@ -167,6 +167,7 @@ def test_train_resume_refuses_it(tmp_path, folder, marker, capsys):
     assert not (run / "model.safetensors").exists()
 
 
+@pytest.mark.slow  # the first import of resnetlab.evaluation (sklearn, matplotlib) costs seconds
 def test_evaluate_refuses_it(tmp_path, folder, marker, capsys):
     evil = _evil_checkpoint(tmp_path / "evil.pt", marker)
     _cli_refuses(["evaluate", str(evil), "--data", str(folder), "--device", "cpu", "--out", str(tmp_path / "eval")], capsys, "evil.pt")
