@@ -265,14 +265,10 @@ def test_resume_with_another_model_is_refused_naming_both(tmp_path, folder, caps
                            "checkpoint_every": 1, "tensorboard": False})
     train(config)
     assert list((run / "checkpoints").glob("last-*.pt"))
-    try:
-        code = main(["train", "--resume", str(run), "--model", "resnet20"])
-    except Exception as exc:  # noqa: BLE001 - an uncaught error is the gap this test reports
-        code = f"uncaught {type(exc).__name__}"
+    code = main(["train", "--resume", str(run), "--model", "resnet20"])
     err = capsys.readouterr().err
-    if code == 1 and "resnet20" in err and "cnn_baseline" in err:
-        return
-    pytest.xfail(f"engine gap (reported): --resume with another --model gives exit {code}: {err.strip()[-300:]}")
+    assert code == 1
+    assert "resnet20" in err and "cnn_baseline" in err
 
 
 @pytest.mark.parametrize("change, malformed", [

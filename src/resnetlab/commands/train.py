@@ -65,7 +65,8 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
 
     flags = {
         "model.name": args.model,
-        "data.spec": args.data,
+        # A local path is recorded absolute so `evaluate RUN` finds the same data from any directory.
+        "data.spec": str(Path(args.data).resolve()) if args.data and Path(args.data).exists() else args.data,
         "batch_size": args.batch_size,
         "optim.lr": args.lr,
         "run_dir": args.run_dir,

@@ -40,7 +40,7 @@ from resnetlab.engine.precision import Precision, resolve_device, resolve_precis
 from resnetlab.engine.progress import EpochProgress
 from resnetlab.engine.schedule import StepPlan, TrainErrorWarmup, lr_at
 from resnetlab.engine.signals import StopRequest, TrainingInterrupted
-from resnetlab.errors import ConfigError, ResnetlabError
+from resnetlab.errors import CheckpointError, ConfigError, ResnetlabError
 from resnetlab.models.files import unwrap
 from resnetlab.runs import RunDir, default_run_dir
 
@@ -256,7 +256,16 @@ class _Trainer:
 
     def _restore(self, checkpoint: dict) -> None:
         state = self.state
-        self.raw.load_state_dict(checkpoint["model"])
+        saved, current = checkpoint.get("meta", {}), self.raw.meta
+        saved_desc = f"{saved.get('name')!r} with {saved.get('num_classes')} classes"
+        current_desc = f"{current.name!r} with {current.num_classes} classes"
+        if saved_desc != current_desc:
+            raise CheckpointError(f"{self.last_checkpoint or 'checkpoint'}: it holds {saved_desc}, but this run builds "
+                                  f"{current_desc}; resume with the run's own model (drop --model) or start a new run")
+        try:
+            self.raw.load_state_dict(checkpoint["model"])
+        except RuntimeError as exc:
+            raise CheckpointError(f"checkpoint of {saved_desc} does not fit {current_desc}: {str(exc).splitlines()[0]}") from exc
         state.optimizer.load_state_dict(checkpoint["optimizer"])
         if self.precision.scaler is not None and checkpoint["scaler"] is not None:
             self.precision.scaler.load_state_dict(checkpoint["scaler"])
