@@ -36,22 +36,31 @@ class DataConfig:
 class ModelConfig:
     name: str = "resnet20"
     options: dict = field(default_factory=dict)  # **options passed to create_model
-    channels_last: bool = False  # NHWC memory format (faster convolutions on recent GPUs)
-    compile: bool = False  # torch.compile the model
+    # NHWC memory format. auto: on (measured +15-17% training img/s on this project's 2-core AVX2
+    # CPU for resnet20/56/18_cifar and fastnet94, benchmarks/speed.md; the usual choice on GPUs).
+    channels_last: bool | str = "auto"
+    # torch.compile the model. auto: on CUDA only (on the CPU it cost ~50 s of compile time and gave
+    # no measured speed-up, benchmarks/speed.md); true: on any device.
+    compile: bool | str = False
 
 
 @dataclass
 class OptimConfig:
-    name: str = "sgd"  # sgd | adam | adamw
+    name: str = "sgd"  # sgd | adam | adamw | muon (Muon on conv filters, Nesterov SGD on the rest)
     lr: float = 0.1  # base learning rate (for the global batch)
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 1e-4
     no_decay_bn_bias: bool = False  # exclude BatchNorm weights and biases from weight decay
+    bias_lr_scale: float = 1.0  # lr multiplier of that no-decay group (airbench's "bias_scaler": 64)
     betas: tuple[float, float] = (0.9, 0.999)  # adam/adamw
     eps: float = 1e-8  # adam/adamw
     label_smoothing: float = 0.0  # Szegedy et al. 2016
     grad_clip: float | None = None  # max global L2 norm of the gradient
+    muon_lr: float = 0.05  # muon: learning rate of the conv filters (lr applies to the other parameters)
+    muon_momentum: float = 0.6  # muon: Nesterov momentum of the conv filters
+    lookahead_steps: int | None = None  # Lookahead (Zhang et al. 2019): sync slow weights every k steps
+    lookahead_alpha: float = 0.5  # Lookahead: slow weights move this fraction towards the fast ones
 
 
 @dataclass
@@ -67,6 +76,7 @@ class ScheduleConfig:
     pct_start: float = 0.25  # onecycle: fraction of training spent increasing the lr
     div_factor: float = 25.0  # onecycle: start lr = lr / div_factor
     final_div_factor: float = 1e4  # onecycle: final lr = start lr / final_div_factor
+    anneal: str = "cos"  # onecycle: shape of the decay after the peak: cos | linear
     # He et al. 2016, Sec. 4.2 (ResNet-110): "we use 0.01 to warm up the training until the
     # training error is below 80% (about 400 iterations), and then go back to 0.1". The switch is
     # triggered by the measured running training error, not a fixed step count.
@@ -98,6 +108,8 @@ class TrainConfig:
     max_steps: int | None = None  # when set, train for this many optimizer steps instead of `epochs`
     batch_size: int = 128  # global batch (split evenly across DDP processes)
     eval_batch_size: int = 512
+    eval_every: int = 1  # validate every N epochs (and always after the last); best.pt is chosen among those
+    threads: int | None = None  # torch intra-op CPU threads (default: torch's choice, one per core)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (autocast on GPU; fp32 on CPU)
@@ -121,9 +133,12 @@ class TrainConfig:
 
 CHOICES = {
     "data.class_balance": ("none", "weighted-loss", "sampler"),
-    "optim.name": ("sgd", "adam", "adamw"),
+    "optim.name": ("sgd", "adam", "adamw", "muon"),
+    "model.channels_last": (True, False, "auto"),
+    "model.compile": (True, False, "auto"),
     "schedule.name": ("constant", "step", "multistep", "cosine", "onecycle"),
     "schedule.unit": ("epochs", "steps"),
+    "schedule.anneal": ("cos", "linear"),
     "precision": ("auto", "fp32", "bf16", "fp16"),
     "nonfinite": ("error", "skip"),
 }
@@ -194,17 +209,27 @@ def validate(config: TrainConfig) -> None:
     flat = _flatten(config.to_dict())
     for key, allowed in CHOICES.items():
         if flat.get(key) not in allowed:
-            raise ConfigError(f"config {key}={flat.get(key)!r}: expected one of {', '.join(allowed)}")
+            raise ConfigError(f"config {key}={flat.get(key)!r}: expected one of {', '.join(map(str, allowed))}")
     if config.batch_size < 1 or config.eval_batch_size < 1:
         raise ConfigError("config batch_size/eval_batch_size: must be >= 1")
     if config.max_steps is None and config.epochs < 1:
         raise ConfigError(f"config epochs={config.epochs}: must be >= 1 (or set max_steps)")
     if config.max_steps is not None and config.max_steps < 1:
         raise ConfigError(f"config max_steps={config.max_steps}: must be >= 1")
+    if config.eval_every < 1:
+        raise ConfigError(f"config eval_every={config.eval_every}: must be >= 1")
+    if config.threads is not None and config.threads < 1:
+        raise ConfigError(f"config threads={config.threads}: must be >= 1")
+    if config.optim.lookahead_steps is not None and config.optim.lookahead_steps < 1:
+        raise ConfigError(f"config optim.lookahead_steps={config.optim.lookahead_steps}: must be >= 1")
+    if not 0.0 < config.optim.lookahead_alpha <= 1.0:
+        raise ConfigError(f"config optim.lookahead_alpha={config.optim.lookahead_alpha}: must be in (0, 1]")
     if config.keep_last < 1:
         raise ConfigError(f"config keep_last={config.keep_last}: must be >= 1")
     if config.ema_decay is not None and not 0.0 < config.ema_decay < 1.0:
         raise ConfigError(f"config ema_decay={config.ema_decay}: must be in (0, 1)")
+    if config.optim.bias_lr_scale <= 0:
+        raise ConfigError(f"config optim.bias_lr_scale={config.optim.bias_lr_scale}: must be > 0")
     if config.optim.lr <= 0:
         raise ConfigError(f"config optim.lr={config.optim.lr}: must be > 0")
     if not 0.0 <= config.optim.label_smoothing < 1.0:

@@ -52,6 +52,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--image-size", type=int, help="resize image-folder images to this square size")
     p.add_argument("--skip-bad", action="store_true", default=None, help="skip unreadable images instead of failing")
     p.add_argument("--tta", action="store_true", default=None, help="test-time augmentation in the final evaluation")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: one per core)")
+    p.add_argument("--eval-every", type=int, help="validate every N epochs, and after the last (default: 1)")
     p.add_argument("--log-grad-norms", help="comma-separated steps at which to record per-layer grad norms (grad_norms.jsonl)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its newest intact checkpoint")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -78,6 +80,8 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
         "data.image_size": args.image_size,
         "data.skip_bad": args.skip_bad,
         "tta": args.tta,
+        "threads": args.threads,
+        "eval_every": args.eval_every,
     }
     overrides = {k: v for k, v in flags.items() if v is not None}
     if args.val_size is not None:

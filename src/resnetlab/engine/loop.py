@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from resnetlab.engine import distributed
 from resnetlab.engine.ema import update_ema
+from resnetlab.engine.lookahead import Lookahead
 from resnetlab.engine.optim import set_lr
 from resnetlab.engine.precision import Precision
 from resnetlab.engine.probes import ActivationProbe, grad_norms
@@ -74,6 +75,7 @@ class TrainState:
     lr_fn: Callable[[int], float]  # pure: lr of a step
     warmup: TrainErrorWarmup
     ema: nn.Module | None = None
+    lookahead: "Lookahead | None" = None
     step: int = 0  # optimizer steps done (global)
     epoch: int = 0
     step_in_epoch: int = 0  # batches of `epoch` already consumed
@@ -139,6 +141,8 @@ def train_step(state: TrainState, x: torch.Tensor, y: torch.Tensor, options: Ste
             precision.scaler.update()
         else:
             optimizer.step()
+        if state.lookahead is not None:
+            state.lookahead.after_step(model)
         update_ema(state.ema, model)
         state.stats.add(record["loss"], record["correct"], record["seen"])
         state.warmup.update(state.step, record["correct"], record["seen"])

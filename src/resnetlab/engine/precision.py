@@ -60,3 +60,17 @@ def resolve_precision(name: str, device: torch.device) -> Precision:
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
     scaler = torch.amp.GradScaler("cuda") if dtype is torch.float16 else None
     return Precision(device, dtype, scaler)
+
+
+def resolve_channels_last(value: bool | str, device: torch.device) -> bool:
+    """``auto`` -> NHWC on CPU and CUDA (measured on this project's CPU: benchmarks/speed.md)."""
+    if value == "auto":
+        return device.type in ("cpu", "cuda")
+    return bool(value)
+
+
+def resolve_compile(value: bool | str, device: torch.device) -> bool:
+    """``auto`` -> torch.compile on CUDA only: on the CPU it cost ~50 s and gained nothing (speed.md)."""
+    if value == "auto":
+        return device.type == "cuda"
+    return bool(value)

@@ -66,6 +66,8 @@ def _onecycle(step: int, base_lr: float, cfg: ScheduleConfig, plan: StepPlan) ->
         return start + (base_lr - start) * step / up
     span = max(plan.total_steps - up, 1.0)
     progress = min((step - up) / span, 1.0)
+    if cfg.anneal == "linear":  # linear to the end, as airbench and budgeted-training studies do (Li et al. 2020)
+        return base_lr + (final - base_lr) * progress
     return final + (base_lr - final) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 

@@ -17,6 +17,7 @@ This is the one entry point behind ``resnetlab train`` and ``resnetlab finetune`
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import random
@@ -34,9 +35,10 @@ from resnetlab.config import TrainConfig, write_config
 from resnetlab.engine import distributed
 from resnetlab.engine.checkpoint import CheckpointManager, capture_rng_state, is_better, restore_rng_state
 from resnetlab.engine.ema import create_ema
+from resnetlab.engine.lookahead import Lookahead
 from resnetlab.engine.loop import EpochStats, NonFiniteStep, StepOptions, TrainState, evaluate, train_one_epoch
 from resnetlab.engine.optim import build_optimizer, param_groups as default_param_groups
-from resnetlab.engine.precision import Precision, resolve_device, resolve_precision
+from resnetlab.engine.precision import Precision, resolve_channels_last, resolve_compile, resolve_device, resolve_precision
 from resnetlab.engine.progress import EpochProgress
 from resnetlab.engine.schedule import StepPlan, TrainErrorWarmup, lr_at
 from resnetlab.engine.signals import StopRequest, TrainingInterrupted
@@ -91,6 +93,12 @@ class _Trainer:
     """One run's wiring. Kept as a class only to share the handful of objects between phases."""
 
     def __init__(self, config: TrainConfig, info: distributed.DistInfo, device: torch.device):
+        config = copy.deepcopy(config)
+        # Decided once, and recorded resolved in the run's config.yaml.
+        config.model.channels_last = resolve_channels_last(config.model.channels_last, device)
+        config.model.compile = resolve_compile(config.model.compile, device)
+        if config.threads is not None:
+            torch.set_num_threads(config.threads)
         self.cfg = config
         self.info = info
         self.device = device
@@ -110,9 +118,10 @@ class _Trainer:
         raw = self._prepare_model(model, splits, fresh=checkpoint is None)
         self.raw = raw
         self._build_loaders(splits, raw)
-        groups = param_groups if param_groups is not None else default_param_groups(raw, cfg.optim.weight_decay, cfg.optim.no_decay_bn_bias)
+        groups = param_groups if param_groups is not None else default_param_groups(raw, cfg.optim.weight_decay, cfg.optim.no_decay_bn_bias, cfg.optim.bias_lr_scale)
         optimizer = build_optimizer(groups, cfg.optim)
         ema = create_ema(raw, cfg.ema_decay)
+        lookahead = Lookahead(raw, cfg.optim.lookahead_steps, cfg.optim.lookahead_alpha) if cfg.optim.lookahead_steps else None
         wrapped = distributed.wrap(raw, self.info, self.device, cfg.sync_bn)
         if cfg.model.compile:
             wrapped = torch.compile(wrapped)
@@ -126,6 +135,7 @@ class _Trainer:
             lr_fn=lambda step: lr_at(step, cfg.optim.lr, sched, plan),
             warmup=TrainErrorWarmup(sched.warmup_until_train_error, sched.warmup_lr, sched.warmup_window),
             ema=ema,
+            lookahead=lookahead,
         )
         self.options = StepOptions(
             grad_clip=cfg.optim.grad_clip,
@@ -235,6 +245,7 @@ class _Trainer:
             "schedule": {"step": state.step, "warmup": state.warmup.state_dict()},
             "scaler": self.precision.scaler.state_dict() if self.precision.scaler is not None else None,
             "ema": state.ema.state_dict() if state.ema is not None else None,
+            "lookahead": state.lookahead.state_dict() if state.lookahead is not None else None,
             "rng": capture_rng_state(),
             "epoch": state.epoch,
             "step_in_epoch": state.step_in_epoch,
@@ -271,6 +282,8 @@ class _Trainer:
             self.precision.scaler.load_state_dict(checkpoint["scaler"])
         if state.ema is not None and checkpoint["ema"] is not None:
             state.ema.load_state_dict(checkpoint["ema"])
+        if state.lookahead is not None and checkpoint.get("lookahead") is not None:
+            state.lookahead.load_state_dict(checkpoint["lookahead"])
         state.warmup.load_state_dict(checkpoint["schedule"]["warmup"])
         state.step = checkpoint["step"]
         state.epoch = checkpoint["epoch"]
@@ -336,7 +349,9 @@ class _Trainer:
 
     def _end_epoch(self, metrics: dict) -> dict:
         state = self.state
-        val = evaluate(self._eval_model(), self.val_loader.epoch(0), self.precision) if self.val_loader is not None else {}
+        last_epoch = state.step >= self.total_steps
+        due = (state.epoch + 1) % self.cfg.eval_every == 0 or last_epoch
+        val = evaluate(self._eval_model(), self.val_loader.epoch(0), self.precision) if self.val_loader is not None and due else {}
         row = {
             "epoch": state.epoch + 1,  # epochs are counted from 1 in records
             "step": state.step,
