@@ -41,6 +41,7 @@ def test_fast_recipe_trains_two_steps_through_cli(tmp_path, name):
     assert code == 0
     summary = json.loads((run / "summary.json").read_text())
     assert summary["model"] == "fastnet94" and summary["steps"] == 2 and summary["precision"] == "fp32"
+    assert summary["peak_rss_mb"] > 50  # the process's own peak, recorded for the memory benchmark
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["augment"]["alternate_flip"] is True and saved["tta"] is True
     if name == "fast":  # the flip + translate TTA ran in the final evaluation

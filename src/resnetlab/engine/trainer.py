@@ -443,6 +443,7 @@ class _Trainer:
             "device": str(self.device),
             "precision": self.precision.name,
             "world_size": self.info.world_size,
+            **_peak_memory(self.device),
         }
         self.run_dir.write_json("summary.json", summary)
         self.run_dir.plot_curves(rows)
@@ -564,6 +565,16 @@ def _tensorboard(path: Path):
 
 def _pct(value: float | None) -> str:
     return "n/a" if value is None or not math.isfinite(value) else f"{100 * value:.2f}%"
+
+
+def _peak_memory(device: torch.device) -> dict:
+    """Peak resident set size of this process (MB), and on CUDA the peak allocated tensor memory."""
+    import resource
+
+    peak = {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}  # ru_maxrss is KiB on Linux
+    if device.type == "cuda":
+        peak["peak_cuda_allocated_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return peak
 
 
 def _epoch_line(row: dict, total_steps: int) -> str:
