@@ -580,6 +580,6 @@ def _peak_memory(device: torch.device) -> dict:
 def _epoch_line(row: dict, total_steps: int) -> str:
     return (
         f"epoch {row['epoch']:>3} step {row['step']}/{total_steps}  loss {row['train_loss']:.4f}  "
-        f"acc {_pct(row['train_acc'])}  val_loss {row['val_loss'] if row['val_loss'] is None else format(row['val_loss'], '.4f')}  "
+        f"acc {_pct(row['train_acc'])}  val_loss {'n/a' if row['val_loss'] is None else format(row['val_loss'], '.4f')}  "
         f"val_acc {_pct(row['val_acc'])}  lr {row['lr']:.4g}  {row['images_per_sec']:.0f} img/s  {row['epoch_time_s']:.1f}s"
     )
