@@ -200,3 +200,26 @@ def test_muon_and_lookahead_resume_bit_identical(folder, tmp_path):
         assert torch.equal(a["lookahead"]["slow"][key], b["lookahead"]["slow"][key]), key
     # the weights moved after the resume: the test is not comparing two copies of the stopped state
     assert any(not torch.equal(at_stop["model"][k], b["model"][k]) for k in b["model"] if b["model"][k].is_floating_point())
+
+
+def test_onecycle_linear_anneal_is_a_straight_line_to_the_end():
+    from resnetlab.config import ScheduleConfig
+    from resnetlab.engine.schedule import StepPlan, lr_at
+
+    cfg = ScheduleConfig(name="onecycle", pct_start=0.2, div_factor=5.0, final_div_factor=1e9, anneal="linear")
+    plan = StepPlan(total_steps=100, steps_per_epoch=10)
+    lrs = [lr_at(step, 1.0, cfg, plan) for step in range(101)]
+    assert lrs[0] == pytest.approx(0.2) and lrs[20] == pytest.approx(1.0) and lrs[100] == pytest.approx(0.0, abs=1e-8)
+    assert lrs[60] == pytest.approx(0.5) and lrs[40] == pytest.approx(0.75)  # linear, not cosine (cos would give 0.5 / 0.85)
+    cosine = ScheduleConfig(name="onecycle", pct_start=0.2, div_factor=5.0, final_div_factor=1e9)
+    assert lr_at(40, 1.0, cosine, plan) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.25)))
+
+
+def test_bias_lr_scale_multiplies_the_no_decay_group():
+    model = small_convnet()
+    cfg = OptimConfig(name="sgd", lr=0.1, weight_decay=5e-4, no_decay_bn_bias=True)
+    optimizer = build_optimizer(param_groups(model, 5e-4, True, bias_lr_scale=64.0), cfg)
+    decay, no_decay = optimizer.param_groups
+    assert decay["lr"] == pytest.approx(0.1) and decay["weight_decay"] == 5e-4
+    assert no_decay["lr"] == pytest.approx(6.4) and no_decay["weight_decay"] == 0.0
+    assert all(p.ndim == 1 for p in no_decay["params"])
