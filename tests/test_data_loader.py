@@ -117,6 +117,30 @@ def test_resize_to_and_channels_last():
     assert x.shape == (4, 3, 12, 10)
 
 
+def test_epoch_sizes_shrink_training_batches_per_epoch_and_the_last_size_repeats():
+    ims = _imageset(n=8, size=16)
+    aug = AugmentConfig(crop_padding=1, alternate_flip=True, epoch_sizes=[8, 12, 16])
+    loader = DeviceLoader(ims, 4, train=True, augment=aug, channels_last=True)
+    shapes = [next(loader.epoch(e))[0].shape[-2:] for e in range(5)]
+    assert shapes == [(8, 8), (12, 12), (16, 16), (16, 16), (16, 16)]
+    # the shrunken batch is the antialiased full-size batch: its mean colour is (almost) unchanged
+    full = DeviceLoader(ims, 4, train=True, augment=AugmentConfig(crop_padding=1, alternate_flip=True))
+    small, big = next(loader.epoch(0))[0], next(full.epoch(0))[0]
+    assert torch.allclose(small.mean(dim=(2, 3)), big.mean(dim=(2, 3)), atol=0.05)
+    assert next(loader.epoch(0))[0].is_contiguous(memory_format=torch.channels_last)
+    # only training batches change size: evaluation keeps the images' own size
+    assert next(DeviceLoader(ims, 4, train=False, augment=aug).epoch(0))[0].shape[-2:] == (16, 16)
+    # epoch_sizes alone (no other augmentation) still applies
+    only = DeviceLoader(ims, 4, train=True, augment=AugmentConfig(epoch_sizes=[8]))
+    assert next(only.epoch(3))[0].shape[-2:] == (8, 8)
+
+
+@pytest.mark.parametrize("bad", [[], [4], [16, "x"], [16, 2.5], [True]])
+def test_epoch_sizes_rejects_bad_values(bad):
+    with pytest.raises(ConfigError, match="augment.epoch_sizes"):
+        AugmentConfig(epoch_sizes=bad)
+
+
 def test_bad_arguments():
     ims = _imageset(n=8)
     with pytest.raises(ConfigError, match="rank"):

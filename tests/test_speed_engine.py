@@ -223,3 +223,58 @@ def test_bias_lr_scale_multiplies_the_no_decay_group():
     assert decay["lr"] == pytest.approx(0.1) and decay["weight_decay"] == 5e-4
     assert no_decay["lr"] == pytest.approx(6.4) and no_decay["weight_decay"] == 0.0
     assert all(p.ndim == 1 for p in no_decay["params"])
+
+
+# ----------------------------------------------------------------------------- Muon options
+
+
+def test_muon_normalize_pins_each_filter_tensor_to_norm_sqrt_rows():
+    model = small_convnet()
+    conv = model[0].weight
+    with torch.no_grad():
+        conv.mul_(7.0)  # far from the pinned norm
+    cfg = OptimConfig(name="muon", lr=0.1, momentum=0.0, nesterov=False, muon_lr=0.0, muon_momentum=0.0,
+                      weight_decay=0.5, muon_normalize=True, muon_ns_steps=3)
+    optimizer = build_optimizer(param_groups(model, 0.5, True), cfg)
+    assert all(g["ns_steps"] == 3 and g["normalize"] for g in optimizer.param_groups if g["muon"])
+    direction = conv.detach() / conv.detach().norm()
+    F.cross_entropy(model(torch.randn(8, 3, 6, 6)), torch.randint(0, 4, (8,))).backward()
+    optimizer.step()  # muon_lr 0: only the rescaling acts, and the weight decay is skipped
+    assert conv.norm().item() == pytest.approx(8**0.5, rel=1e-5)
+    assert torch.allclose(conv.detach() / conv.detach().norm(), direction, atol=1e-6)
+
+
+def test_muon_without_normalize_applies_decoupled_decay():
+    model = small_convnet()
+    conv = model[0].weight
+    before = conv.detach().clone()
+    cfg = OptimConfig(name="muon", lr=0.1, momentum=0.0, nesterov=False, muon_lr=0.0, muon_momentum=0.0, weight_decay=0.5)
+    optimizer = build_optimizer(param_groups(model, 0.5, True), cfg)
+    for g in optimizer.param_groups:  # the rate is 0 for the filters: give the decay a rate to act with
+        if g["muon"]:
+            g["lr"] = 0.2
+    F.cross_entropy(model(torch.randn(8, 3, 6, 6)), torch.randint(0, 4, (8,))).backward()
+    for g in optimizer.param_groups:
+        if g["muon"]:
+            for p in g["params"]:
+                p.grad = torch.zeros_like(p)  # a zero gradient: the update is only the decay
+    optimizer.step()
+    assert torch.allclose(conv.detach(), before * (1 - 0.2 * 0.5), atol=1e-6)
+
+
+def test_muon_ns_steps_is_validated():
+    with pytest.raises(ConfigError, match="muon_ns_steps"):
+        build_config({"model": {"name": "tiny_test_net"}, "optim": {"name": "muon", "muon_ns_steps": 0}})
+
+
+# ----------------------------------------------------------------------------- progressive resizing
+
+
+@pytest.mark.slow
+def test_progressive_epoch_sizes_train_small_then_full(folder, tmp_path):
+    run_dir = tmp_path / "run"
+    run_cli(*common(folder, run_dir, "--epochs", "3", "--set", "augment.epoch_sizes=[8, 12]"))
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["augment"]["epoch_sizes"] == [8, 12]

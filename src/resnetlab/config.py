@@ -59,6 +59,10 @@ class OptimConfig:
     grad_clip: float | None = None  # max global L2 norm of the gradient
     muon_lr: float = 0.05  # muon: learning rate of the conv filters (lr applies to the other parameters)
     muon_momentum: float = 0.6  # muon: Nesterov momentum of the conv filters
+    muon_ns_steps: int = 5  # muon: Newton-Schulz iterations per update (airbench94_muon: 3)
+    # muon: before each step rescale every filter tensor to Frobenius norm sqrt(out_channels), as
+    # airbench94_muon does (BN after each conv makes the scale free; this pins the relative step size)
+    muon_normalize: bool = False
     lookahead_steps: int | None = None  # Lookahead (Zhang et al. 2019): sync slow weights every k steps
     lookahead_alpha: float = 0.5  # Lookahead: slow weights move this fraction towards the fast ones
 
@@ -224,6 +228,8 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(f"config optim.lookahead_steps={config.optim.lookahead_steps}: must be >= 1")
     if not 0.0 < config.optim.lookahead_alpha <= 1.0:
         raise ConfigError(f"config optim.lookahead_alpha={config.optim.lookahead_alpha}: must be in (0, 1]")
+    if config.optim.muon_ns_steps < 1:
+        raise ConfigError(f"config optim.muon_ns_steps={config.optim.muon_ns_steps}: must be >= 1")
     if config.keep_last < 1:
         raise ConfigError(f"config keep_last={config.keep_last}: must be >= 1")
     if config.ema_decay is not None and not 0.0 < config.ema_decay < 1.0:

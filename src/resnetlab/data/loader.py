@@ -135,15 +135,21 @@ class DeviceLoader:
                 x = self._augment(idx, dev_idx, epoch, k, lo, len(chunk))
             else:
                 x = self._normalize(self.images.index_select(0, dev_idx))
-            if self.resize_to is not None and tuple(x.shape[-2:]) != tuple(self.resize_to):
-                x = F.interpolate(x, size=self.resize_to, mode="bilinear", align_corners=False,
-                                  antialias=self.resize_to[0] < x.shape[-2])
+            target = self._size_at(epoch)
+            if target is not None and tuple(x.shape[-2:]) != tuple(target):
+                x = F.interpolate(x, size=target, mode="bilinear", align_corners=False,
+                                  antialias=target[0] < x.shape[-2])
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, y
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self.epoch(0)
+
+    def _size_at(self, epoch: int) -> tuple[int, int] | None:
+        """(H, W) of this epoch's batches: the progressive size when the augmentation sets one."""
+        side = self.augment.size_at(epoch) if self.augment is not None else None
+        return (side, side) if side is not None else self.resize_to
 
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:
         return x.float().sub_(self._shift).mul_(self._scale)

@@ -33,11 +33,15 @@ class Muon(torch.optim.Optimizer):
     """Muon for groups with ``muon=True`` (parameters of >= 2 dims), Nesterov SGD for the others.
 
     Per group: ``lr``, ``momentum``, ``nesterov``, ``weight_decay`` (decoupled for Muon groups,
-    coupled L2 for SGD groups as in ``torch.optim.SGD``), ``ns_steps``.
+    coupled L2 for SGD groups as in ``torch.optim.SGD``), ``ns_steps``, ``normalize`` (Muon groups:
+    rescale each weight to Frobenius norm sqrt(rows) before its step, as airbench94_muon does; the
+    weight decay is then moot and skipped).
     """
 
-    def __init__(self, params, lr: float, momentum: float = 0.9, nesterov: bool = True, weight_decay: float = 0.0, ns_steps: int = 5):
-        defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, ns_steps=ns_steps, muon=True)
+    def __init__(self, params, lr: float, momentum: float = 0.9, nesterov: bool = True, weight_decay: float = 0.0,
+                 ns_steps: int = 5, normalize: bool = False):
+        defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, ns_steps=ns_steps,
+                        normalize=normalize, muon=True)
         super().__init__(params, defaults)
         for group in self.param_groups:
             if group["muon"]:
@@ -71,7 +75,9 @@ class Muon(torch.optim.Optimizer):
                     update = orthogonalize(update.reshape(rows, cols), group["ns_steps"]).view_as(p)
                     # Scaled so the update's RMS does not depend on the matrix's aspect ratio.
                     update = update * max(1.0, rows / cols) ** 0.5
-                    if wd:
+                    if group.get("normalize", False):
+                        p.mul_(rows**0.5 / p.norm().clamp_min(1e-12))
+                    elif wd:
                         p.mul_(1 - lr * wd)
                 p.add_(update, alpha=-lr)
         return loss

@@ -73,7 +73,8 @@ def _build_muon(groups: list[dict], cfg: OptimConfig) -> torch.optim.Optimizer:
                           "momentum": cfg.muon_momentum, "nesterov": True})
         if others:
             split.append({**rest, "params": others, "muon": False, "momentum": cfg.momentum, "nesterov": cfg.nesterov})
-    return Muon(split, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+    return Muon(split, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, ns_steps=cfg.muon_ns_steps,
+                normalize=cfg.muon_normalize)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
