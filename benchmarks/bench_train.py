@@ -49,7 +49,7 @@ from resnetlab.models import count_flops, create_model  # noqa: E402
 DEFAULT_STEPS = {"resnet20": 6, "resnet56": 3, "resnet18_cifar": 1}
 
 
-def engine_runner(model: nn.Module, train_set, batch_size: int, channels_last: bool):
+def engine_runner(model: nn.Module, train_set, batch_size: int, channels_last: bool, micro_batch: int | None = None):
     """A generator function: each next() runs one engine training step."""
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -61,7 +61,7 @@ def engine_runner(model: nn.Module, train_set, batch_size: int, channels_last: b
     )
     loader = DeviceLoader(train_set, batch_size, train=True, device="cpu", seed=0, mean=MEAN, std=STD,
                           augment=AugmentConfig(crop_padding=4, pad_mode="zeros", flip=True), channels_last=channels_last)
-    options = StepOptions()
+    options = StepOptions(micro_batch=micro_batch)
 
     def steps():
         epoch = 0
@@ -108,7 +108,7 @@ def bench_model(name: str, train_set, args) -> dict:
     flops = count_flops(base_model, (3, 32, 32))  # forward FLOPs (2 x MACs) per image
     engine_model, plain_model = copy.deepcopy(base_model), copy.deepcopy(base_model)
     steps = args.steps or DEFAULT_STEPS.get(name, 3)
-    engine_steps = engine_runner(engine_model, train_set, args.batch_size, not args.nchw)
+    engine_steps = engine_runner(engine_model, train_set, args.batch_size, not args.nchw, args.micro_batch)
     make_plain = plain_runner(plain_model, train_set.images.numpy(), train_set.labels.numpy(), args.batch_size, args.workers)
     timed(engine_steps, args.warmup, 0)  # one-time warm-up (allocator, oneDNN primitives)
     engine_runs, plain_runs = [], []
@@ -169,6 +169,8 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the plain loop")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     parser.add_argument("--nchw", action="store_true", help="engine side in NCHW (default: channels_last, as the engine's auto)")
+    parser.add_argument("--micro-batch", type=int, default=None,
+                        help="engine side: forward/backward in passes of this many images (train config micro_batch)")
     parser.add_argument("--repeats", type=int, default=3, help="alternating windows per side")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per window (default: by model)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps before each window")
@@ -198,7 +200,7 @@ def main() -> int:
               f"img/s ({res['engine_gflops_s']:.1f} GFLOP/s, {100 * res['engine_gflops_s'] / roof:.0f}% of sgemm), ratio {res['ratio']:.2f}x", flush=True)
     out = {
         "machine": machine(), "torch_threads": torch.get_num_threads(), "batch_size": args.batch_size,
-        "workers": args.workers, "channels_last": not args.nchw, "sgemm_gflops": roof, "repeats": args.repeats,
+        "workers": args.workers, "channels_last": not args.nchw, "micro_batch": args.micro_batch, "sgemm_gflops": roof, "repeats": args.repeats,
         "load_before": load_before, "load_after": os.getloadavg(), "wall_s": time.perf_counter() - t0,
         "peak_gflops": peak, "peak_text": peak_text, "command": " ".join([".venv/bin/python", "benchmarks/bench_train.py", *sys.argv[1:]]),
         "results": results,

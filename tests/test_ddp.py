@@ -32,16 +32,20 @@ def torchrun() -> str:
     return str(exe) if exe.exists() else shutil.which("torchrun")
 
 
-def train_args(folder: Path, run_dir: Path) -> list[str]:
+def train_args(folder: Path, run_dir: Path, micro_batch: int | None = None) -> list[str]:
+    micro = ["--micro-batch", str(micro_batch)] if micro_batch else []
     return [
         "-m", "resnetlab", "train", "--model", "cnn_baseline", "--data", str(folder), "--device", "cpu", "--seed", "5",
         "--batch-size", "16", "--val-size", "16", "--max-steps", str(STEPS), "--run-dir", str(run_dir),
         "--set", "model.options={width: 8, hidden: 16}", "--set", "log_step_loss=true", "--set", "eval_report=false", "--set", "optim.lr=0.05",
-        "--set", "augment.flip=true", "--set", "augment.crop_padding=2",
+        "--set", "augment.flip=true", "--set", "augment.crop_padding=2", *micro,
     ]
 
 
-def test_two_process_ddp_matches_single_process(tmp_path):
+# micro_batch 4: each rank runs its 8 images as 2 passes (gradients kept local until the last, with
+# DDP's no_sync), the single process its 16 as 4 passes; without BN the step is the same.
+@pytest.mark.parametrize("micro_batch", [None, 4])
+def test_two_process_ddp_matches_single_process(tmp_path, micro_batch):
     sys.path.insert(0, str(Path(__file__).parent))
     from test_train_runner import make_image_folder
 
@@ -49,10 +53,10 @@ def test_two_process_ddp_matches_single_process(tmp_path):
         pytest.skip("torchrun not installed")
     folder = make_image_folder(tmp_path / "images", classes=4, per_class=24)
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    ddp = subprocess.run([torchrun(), "--standalone", "--nproc_per_node=2", *train_args(folder, tmp_path / "ddp")],
+    ddp = subprocess.run([torchrun(), "--standalone", "--nproc_per_node=2", *train_args(folder, tmp_path / "ddp", micro_batch)],
                          capture_output=True, text=True, env=env, timeout=300)
     assert ddp.returncode == 0, ddp.stdout[-3000:] + ddp.stderr[-3000:]
-    single = subprocess.run([sys.executable, *train_args(folder, tmp_path / "single")], capture_output=True, text=True, env=env, timeout=300)
+    single = subprocess.run([sys.executable, *train_args(folder, tmp_path / "single", micro_batch)], capture_output=True, text=True, env=env, timeout=300)
     assert single.returncode == 0, single.stderr[-3000:]
 
     summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())

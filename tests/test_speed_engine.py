@@ -278,3 +278,64 @@ def test_progressive_epoch_sizes_train_small_then_full(folder, tmp_path):
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert saved["augment"]["epoch_sizes"] == [8, 12]
+
+
+# ----------------------------------------------------------------------------- micro-batches
+
+
+def _one_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, micro_batch: int | None):
+    from resnetlab.engine.loop import StepOptions, TrainState, train_step
+    from resnetlab.engine.precision import resolve_precision
+    from resnetlab.engine.schedule import TrainErrorWarmup
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    state = TrainState(model=model, optimizer=optimizer, criterion=nn.CrossEntropyLoss(label_smoothing=0.1),
+                       precision=resolve_precision("fp32", torch.device("cpu")), lr_fn=lambda step: 0.5,
+                       warmup=TrainErrorWarmup(None, 0.01, 50))
+    return train_step(state, x, y, StepOptions(micro_batch=micro_batch))
+
+
+def test_micro_batches_give_the_full_batch_step_without_batchnorm():
+    torch.manual_seed(0)
+    x, y = torch.randn(10, 3, 8, 8), torch.randint(0, 4, (10,))
+    make = lambda: nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 4))
+    torch.manual_seed(1)
+    whole = make()
+    torch.manual_seed(1)
+    passes = make()
+    a = _one_step(whole, x, y, None)
+    b = _one_step(passes, x, y, 3)  # passes of 3, 3, 3 and 1 image: the loss is weighted by each pass's share
+    assert b["loss"] == pytest.approx(a["loss"], rel=1e-6) and b["correct"] == a["correct"] and b["seen"] == 10
+    for (name, p), q in zip(whole.named_parameters(), passes.parameters()):
+        assert torch.allclose(p, q, atol=1e-6), name
+    assert not torch.equal(whole[0].weight, make()[0].weight)  # the step did move the weights
+
+
+def test_micro_batches_normalize_each_pass_by_its_own_statistics():
+    x, y = torch.randn(8, 3, 6, 6), torch.randint(0, 4, (8,))
+    whole, passes = small_convnet(), small_convnet()
+    _one_step(whole, x, y, None)
+    _one_step(passes, x, y, 4)
+    assert int(whole[1].num_batches_tracked) == 1 and int(passes[1].num_batches_tracked) == 2
+    # ghost batch norm: two half-batch normalizations are another function than one of the whole batch
+    assert not torch.allclose(whole[0].weight, passes[0].weight, atol=1e-6)
+    # a micro-batch as large as the batch is the plain step, bit for bit
+    same = small_convnet()
+    _one_step(same, x, y, 8)
+    assert all(torch.equal(p, q) for p, q in zip(whole.parameters(), same.parameters()))
+
+
+def test_micro_batch_is_validated():
+    with pytest.raises(ConfigError, match="micro_batch"):
+        build_config(None, {"micro_batch": 0})
+    assert build_config(None, {"micro_batch": 250}).micro_batch == 250
+
+
+@pytest.mark.slow
+def test_micro_batch_flag_reaches_the_run(folder, tmp_path):
+    run_dir = tmp_path / "run"
+    run_cli(*common(folder, run_dir, "--max-steps", "2", "--micro-batch", "6"))
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["micro_batch"] == 6
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["steps"] == 2

@@ -111,6 +111,7 @@ class TrainConfig:
     epochs: int = 10
     max_steps: int | None = None  # when set, train for this many optimizer steps instead of `epochs`
     batch_size: int = 128  # global batch (split evenly across DDP processes)
+    micro_batch: int | None = None  # images per forward/backward pass (per process); gradients add up to one step
     eval_batch_size: int = 512
     eval_every: int = 1  # validate every N epochs (and always after the last); best.pt is chosen among those
     threads: int | None = None  # torch intra-op CPU threads (default: torch's choice, one per core)
@@ -220,6 +221,8 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(f"config epochs={config.epochs}: must be >= 1 (or set max_steps)")
     if config.max_steps is not None and config.max_steps < 1:
         raise ConfigError(f"config max_steps={config.max_steps}: must be >= 1")
+    if config.micro_batch is not None and config.micro_batch < 1:
+        raise ConfigError(f"config micro_batch={config.micro_batch}: must be >= 1 (or null for one pass per batch)")
     if config.eval_every < 1:
         raise ConfigError(f"config eval_every={config.eval_every}: must be >= 1")
     if config.threads is not None and config.threads < 1:

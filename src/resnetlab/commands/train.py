@@ -40,6 +40,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--epochs", type=int, help="train for N epochs (replaces the recipe's max_steps)")
     p.add_argument("--max-steps", type=int, help="train for N optimizer steps instead of epochs")
     p.add_argument("--batch-size", type=int, help="global batch size (default: recipe's, else 128)")
+    p.add_argument("--micro-batch", type=int,
+                   help="images per forward/backward pass; the batch's gradients add up to one step (default: one pass)")
     p.add_argument("--lr", type=float, help="base learning rate (default: recipe's, else 0.1)")
     p.add_argument("--run-dir", help="run directory (default: runs/<model>-<date>-<time>)")
     p.add_argument("--name", help="run name used for the default run directory")
@@ -70,6 +72,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
         # A local path is recorded absolute so `evaluate RUN` finds the same data from any directory.
         "data.spec": str(Path(args.data).resolve()) if args.data and Path(args.data).exists() else args.data,
         "batch_size": args.batch_size,
+        "micro_batch": args.micro_batch,
         "optim.lr": args.lr,
         "run_dir": args.run_dir,
         "name": args.name,

@@ -143,6 +143,7 @@ class _Trainer:
             nan_at_step=cfg.debug.nan_at_step,
             probe_steps=frozenset(cfg.log_grad_norms),
             dist=self.info,
+            micro_batch=cfg.micro_batch,
         )
         if checkpoint is not None:
             self._restore(checkpoint)
