@@ -37,13 +37,14 @@ def test_fast_recipe_trains_two_steps_through_cli(tmp_path, name):
     run = tmp_path / "run"
     code = main(["train", "--recipe", str(REPO / "recipes" / f"{name}.yaml"), "--data", str(folder), "--device", "cpu",
                  "--max-steps", "2", "--batch-size", "8", "--val-size", "6", "--run-dir", str(run),
-                 "--set", "eval_batch_size=16"])
+                 "--micro-batch", "4", "--set", "eval_batch_size=16"])
     assert code == 0
     summary = json.loads((run / "summary.json").read_text())
     assert summary["model"] == "fastnet94" and summary["steps"] == 2 and summary["precision"] == "fp32"
     assert summary["peak_rss_mb"] > 50  # the process's own peak, recorded for the memory benchmark
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["augment"]["alternate_flip"] is True and saved["tta"] is True
+    assert saved["micro_batch"] == 4  # each batch of 8 ran as two passes of 4
     if name == "fast":  # the flip + translate TTA ran in the final evaluation
         metrics = json.loads((run / "eval" / "metrics.json").read_text())
         assert "tta" in json.dumps(metrics)
