@@ -283,7 +283,7 @@ def test_progressive_epoch_sizes_train_small_then_full(folder, tmp_path):
 # ----------------------------------------------------------------------------- micro-batches
 
 
-def _one_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, micro_batch: int | None):
+def _one_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, micro_batch: int | None, probe: bool = False):
     from resnetlab.engine.loop import StepOptions, TrainState, train_step
     from resnetlab.engine.precision import resolve_precision
     from resnetlab.engine.schedule import TrainErrorWarmup
@@ -292,7 +292,7 @@ def _one_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, micro_batch: i
     state = TrainState(model=model, optimizer=optimizer, criterion=nn.CrossEntropyLoss(label_smoothing=0.1),
                        precision=resolve_precision("fp32", torch.device("cpu")), lr_fn=lambda step: 0.5,
                        warmup=TrainErrorWarmup(None, 0.01, 50))
-    return train_step(state, x, y, StepOptions(micro_batch=micro_batch))
+    return train_step(state, x, y, StepOptions(micro_batch=micro_batch, probe_steps=frozenset({0}) if probe else frozenset()))
 
 
 def test_micro_batches_give_the_full_batch_step_without_batchnorm():
@@ -315,8 +315,11 @@ def test_micro_batches_normalize_each_pass_by_its_own_statistics():
     x, y = torch.randn(8, 3, 6, 6), torch.randint(0, 4, (8,))
     whole, passes = small_convnet(), small_convnet()
     _one_step(whole, x, y, None)
-    _one_step(passes, x, y, 4)
+    record = _one_step(passes, x, y, 4, probe=True)
     assert int(whole[1].num_batches_tracked) == 1 and int(passes[1].num_batches_tracked) == 2
+    # the activation probe watches the first pass only and is detached before the second
+    assert set(record["probe"]["activations"]) == {"0", "1", "5"}
+    assert not passes[0]._forward_hooks
     # ghost batch norm: two half-batch normalizations are another function than one of the whole batch
     assert not torch.allclose(whole[0].weight, passes[0].weight, atol=1e-6)
     # a micro-batch as large as the batch is the plain step, bit for bit

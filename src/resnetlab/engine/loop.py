@@ -67,8 +67,10 @@ class StepOptions:
     dist: distributed.DistInfo = field(default_factory=distributed.DistInfo)
     # Images per forward/backward pass; a larger batch is run as several passes whose gradients
     # add up before the one optimizer step. On a CPU, passes of ~250 32x32 images keep the
-    # activations in cache: fastnet94 runs 1.3-1.4x faster than in one pass of 1,000
-    # (benchmarks/speed.md). BatchNorm then normalizes each pass by its own statistics.
+    # activations in cache: fastnet94's forward+backward at 32 px runs 1.27-1.50x faster than in
+    # one pass of 1,000 (benchmarks/speed.md, 2a). BatchNorm then normalizes each pass by its own
+    # statistics, and a class-weighted loss is each pass's weighted mean (close to, not exactly,
+    # the batch's).
     micro_batch: int | None = None
 
 
@@ -102,7 +104,6 @@ def train_step(state: TrainState, x: torch.Tensor, y: torch.Tensor, options: Ste
     set_lr(optimizer, lr)
     model.train()
     probe = ActivationProbe(model) if state.step in options.probe_steps else None
-    probed = probe
     optimizer.zero_grad(set_to_none=True)
     micro = options.micro_batch if options.micro_batch and options.micro_batch < len(y) else len(y)
     chunks = list(zip(x.split(micro), y.split(micro)))
@@ -116,9 +117,8 @@ def train_step(state: TrainState, x: torch.Tensor, y: torch.Tensor, options: Ste
                 # mean over the whole batch: each pass's mean loss weighted by its share of images
                 loss = state.criterion(logits, yc) * (len(yc) / len(y))
         finally:
-            if probe is not None:
-                probe.close()
-                probe = None  # the first pass stands for the step
+            if probe is not None and i == 0:
+                probe.close()  # the first pass stands for the step
         if options.nan_at_step is not None and state.step == options.nan_at_step:
             loss = loss * float("nan")
         with contextlib.nullcontext() if last else _no_sync(model):
@@ -143,8 +143,8 @@ def train_step(state: TrainState, x: torch.Tensor, y: torch.Tensor, options: Ste
     # With fp16 the GradScaler expects occasional overflowing gradients and skips those steps itself.
     bad_grad = precision.scaler is None and not math.isfinite(norm_value)
     record = {"step": state.step, "loss": loss_sum / seen_sum, "correct": int(correct_sum), "seen": int(seen_sum), "lr": lr, "skipped": False}
-    if probed is not None:
-        record["probe"] = {"grad_norm": norm_value, "grad_norms": grad_norms(model), "activations": probed.stats}
+    if probe is not None:
+        record["probe"] = {"grad_norm": norm_value, "grad_norms": grad_norms(model), "activations": probe.stats}
     if bad_loss or bad_grad:
         if options.nonfinite != "skip":
             raise NonFiniteStep(state.step, "loss" if bad_loss else "gradient")
