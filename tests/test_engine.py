@@ -3,23 +3,42 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn as nn
 
 from resnetlab.engine.ema import create_ema, update_ema
+from resnetlab.engine import precision as precision_module
 from resnetlab.engine.precision import resolve_device, resolve_precision
 from resnetlab.errors import ConfigError
 
 
-def test_cpu_precision_is_plain_fp32():
+def test_cpu_precision_auto_is_plain_fp32():
     device = resolve_device("cpu")
-    for name in ("auto", "fp32", "bf16", "fp16"):
+    for name in ("auto", "fp32", "fp16"):
         precision = resolve_precision(name, device)
         assert precision.dtype is None and precision.scaler is None and precision.name == "fp32"
         with precision.autocast():
             assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+
+
+def test_cpu_bf16_is_autocast_and_fastest_follows_the_hardware(monkeypatch):
+    device = resolve_device("cpu")
+    bf16 = resolve_precision("bf16", device)
+    assert bf16.dtype is torch.bfloat16 and bf16.scaler is None and bf16.name == "bf16"
+    with bf16.autocast():
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    for native, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(precision_module, "cpu_has_native_bf16", lambda native=native: native)
+        assert resolve_precision("fastest", device).name == expected
+    monkeypatch.undo()
+    # The probe agrees with the CPU flags Linux reports (AMX tiles or AVX512-BF16).
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        flags = set(cpuinfo.read_text().split())
+        assert precision_module.cpu_has_native_bf16() == bool({"amx_tile", "avx512_bf16"} & flags)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only message")

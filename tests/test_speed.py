@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import platform
 import sys
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import yaml
 
 from resnetlab.cli import main
 from resnetlab.config import build_config, load_recipe
+from resnetlab.engine.precision import cpu_has_native_bf16
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
@@ -40,11 +42,13 @@ def test_fast_recipe_trains_two_steps_through_cli(tmp_path, name):
                  "--micro-batch", "4", "--set", "eval_batch_size=16"])
     assert code == 0
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["model"] == "fastnet94" and summary["steps"] == 2 and summary["precision"] == "fp32"
+    assert summary["model"] == "fastnet94" and summary["steps"] == 2
+    assert summary["precision"] == ("bf16" if cpu_has_native_bf16() else "fp32")  # precision: fastest
     assert summary["peak_rss_mb"] > 50  # the process's own peak, recorded for the memory benchmark
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["augment"]["alternate_flip"] is True and saved["tta"] is True
     assert saved["micro_batch"] == 4  # each batch of 8 ran as two passes of 4
+    assert saved["keep_host_memory"] is (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
     if name == "fast":  # the flip + translate TTA ran in the final evaluation
         metrics = json.loads((run / "eval" / "metrics.json").read_text())
         assert "tta" in json.dumps(metrics)

@@ -115,9 +115,13 @@ class TrainConfig:
     eval_batch_size: int = 512
     eval_every: int = 1  # validate every N epochs (and always after the last); best.pt is chosen among those
     threads: int | None = None  # torch intra-op CPU threads (default: torch's choice, one per core)
+    # glibc: serve large blocks from the heap and keep freed memory in the process, so activations are
+    # not page-faulted and zero-filled again every pass. auto: on for CPU training (+13-25% fastnet94
+    # img/s measured, benchmarks/speed.md), off on GPUs; false: glibc's defaults.
+    keep_host_memory: bool | str = "auto"
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (autocast on GPU; fp32 on CPU)
+    precision: str = "auto"  # auto | fastest | fp32 | bf16 | fp16 (engine/precision.py says what each picks)
     ema_decay: float | None = None  # exponential moving average of weights, e.g. 0.999
     tta: bool = False  # test-time augmentation in the final evaluation
     eval_report: bool = True  # write the full evaluation report (eval/); false: test accuracy only
@@ -144,7 +148,8 @@ CHOICES = {
     "schedule.name": ("constant", "step", "multistep", "cosine", "onecycle"),
     "schedule.unit": ("epochs", "steps"),
     "schedule.anneal": ("cos", "linear"),
-    "precision": ("auto", "fp32", "bf16", "fp16"),
+    "precision": ("auto", "fastest", "fp32", "bf16", "fp16"),
+    "keep_host_memory": (True, False, "auto"),
     "nonfinite": ("error", "skip"),
 }
 

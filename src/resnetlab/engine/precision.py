@@ -1,7 +1,11 @@
 """Device and numeric precision, decided once per run (in the manner of nanoGPT).
 
-On CPU everything is off: fp32, no autocast, no GradScaler. On CUDA, ``auto`` picks bf16 where
-the GPU supports it (no loss scaling needed) and fp16 with a GradScaler otherwise.
+``auto``: on CUDA bf16 where the GPU supports it (no loss scaling needed), fp16 with a GradScaler
+otherwise; on a CPU plain fp32 (bit-for-bit reproducible, no autocast).
+``fastest``: as ``auto`` on CUDA; on a CPU bf16 autocast when the CPU multiplies bf16 natively
+(Intel AMX or AVX512-BF16: fastnet94 trains 2.7-3x faster than in fp32 on a 2-core Sapphire-Rapids-class
+Xeon, benchmarks/speed.md), fp32 on CPUs without it (bf16 would be emulated, slower than fp32).
+``bf16``: bf16 autocast on any device (on a CPU without native bf16 it runs, slowly; a warning says so).
 """
 
 from __future__ import annotations
@@ -50,12 +54,25 @@ def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
     return device
 
 
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU multiplies bf16 in hardware (AMX tiles or AVX512-BF16), which oneDNN's
+    convolutions and matmuls use under autocast. Older torch builds lack the probes: False."""
+    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(bool(getattr(torch.cpu, probe, lambda: False)()) for probe in probes)
+
+
 def resolve_precision(name: str, device: torch.device) -> Precision:
     if device.type != "cuda":
+        if name == "fastest":
+            name = "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
+        if name == "bf16" and device.type == "cpu":
+            if not cpu_has_native_bf16():
+                log.warning("precision bf16 on a CPU without AMX/AVX512-BF16: emulated, likely slower than fp32")
+            return Precision(device, torch.bfloat16, None)
         if name not in ("auto", "fp32"):
-            log.warning("precision %s requested on %s: using fp32 (mixed precision is for GPUs)", name, device)
+            log.warning("precision %s requested on %s: using fp32 (fp16 autocast is for GPUs)", name, device)
         return Precision(device, None, None)
-    if name == "auto":
+    if name in ("auto", "fastest"):
         name = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
     scaler = torch.amp.GradScaler("cuda") if dtype is torch.float16 else None

@@ -38,6 +38,7 @@ from resnetlab.engine.ema import create_ema
 from resnetlab.engine.lookahead import Lookahead
 from resnetlab.engine.loop import EpochStats, NonFiniteStep, StepOptions, TrainState, evaluate, train_one_epoch
 from resnetlab.engine.optim import build_optimizer, param_groups as default_param_groups
+from resnetlab.engine.host_memory import keep_freed_memory, resolve_keep_host_memory
 from resnetlab.engine.precision import Precision, resolve_channels_last, resolve_compile, resolve_device, resolve_precision
 from resnetlab.engine.progress import EpochProgress
 from resnetlab.engine.schedule import StepPlan, TrainErrorWarmup, lr_at
@@ -99,6 +100,9 @@ class _Trainer:
         config.model.compile = resolve_compile(config.model.compile, device)
         if config.threads is not None:
             torch.set_num_threads(config.threads)
+        config.keep_host_memory = resolve_keep_host_memory(config.keep_host_memory, device.type)
+        if config.keep_host_memory:
+            config.keep_host_memory = keep_freed_memory()  # records False where glibc is absent
         self.cfg = config
         self.info = info
         self.device = device
