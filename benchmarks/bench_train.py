@@ -10,8 +10,11 @@ Both sides train the same model (fresh copies of one initialisation), batch 128,
   RandomCrop(32, padding=4) + RandomHorizontalFlip + ToTensor + Normalize, then
   ``zero_grad / forward / cross_entropy / backward / step / loss.item()``.
 
-Windows alternate (plain, engine, plain, ...) so background load hits both alike; the plain
-loop's workers start, warm up and shut down inside its own window. Medians over the windows.
+Each side runs in its own process, as each would in practice: the engine side with the host-memory
+setting ``resnetlab train`` applies on a CPU (``keep_host_memory: auto``: glibc keeps freed
+activations instead of unmapping them; ``--no-keep-host-memory`` turns it off), the plain side with
+glibc's defaults. Windows alternate (plain, engine, plain, ...) so background load hits both alike;
+the plain loop's workers start, warm up and shut down inside its own window. Medians over the windows.
 Achieved GFLOP/s = 3 x forward FLOPs (fwd + ~2x for bwd) x images/s.
 
     .venv/bin/python benchmarks/bench_train.py [--models resnet20,resnet56,resnet18_cifar] [--out FILE]
@@ -20,9 +23,8 @@ Achieved GFLOP/s = 3 x forward FLOPs (fwd + ~2x for bwd) x images/s.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
-import math
+import multiprocessing as mp
 import os
 import statistics
 import sys
@@ -38,6 +40,7 @@ from bench_loader import ARCHIVE, MEAN, STD, baseline_loader, machine  # noqa: E
 
 from resnetlab.data import AugmentConfig, DeviceLoader  # noqa: E402
 from resnetlab.data.folders import load_image_folder  # noqa: E402
+from resnetlab.engine.host_memory import keep_freed_memory  # noqa: E402
 from resnetlab.engine.loop import StepOptions, TrainState, train_step  # noqa: E402
 from resnetlab.engine.optim import build_optimizer, param_groups  # noqa: E402
 from resnetlab.engine.precision import resolve_precision  # noqa: E402
@@ -102,22 +105,64 @@ def timed(steps, warmup: int, n: int) -> float:
     return seen / (time.perf_counter() - start)
 
 
-def bench_model(name: str, train_set, args) -> dict:
-    torch.manual_seed(0)
-    base_model = create_model(name, num_classes=10)
-    flops = count_flops(base_model, (3, 32, 32))  # forward FLOPs (2 x MACs) per image
-    engine_model, plain_model = copy.deepcopy(base_model), copy.deepcopy(base_model)
+def load_train(archive: str, limit: int | None):
+    train = load_image_folder(archive)["train"]
+    if limit and len(train) > limit:
+        from resnetlab.data.imageset import ImageSet
+
+        train = ImageSet(images=train.images[:limit], labels=train.labels[:limit], classes=train.classes,
+                         mean=train.mean, std=train.std, source=train.source)
+    return train
+
+
+def side_process(conn, side: str, name: str, args: argparse.Namespace) -> None:
+    """One side of the comparison in its own process: build, warm up, then time windows on request."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if side == "engine" and args.keep_host_memory:
+        keep_freed_memory()  # what `resnetlab train` does on a CPU (keep_host_memory: auto)
+    train_set = load_train(args.archive, args.limit)
+    torch.manual_seed(0)  # the same initialisation in both processes
+    model = create_model(name, num_classes=10)
+    if side == "engine":
+        engine_steps = engine_runner(model, train_set, args.batch_size, not args.nchw, args.micro_batch)
+        timed(engine_steps, args.warmup, 0)  # one-time warm-up (allocator, oneDNN primitives)
+    else:
+        make_plain = plain_runner(model, train_set.images.numpy(), train_set.labels.numpy(), args.batch_size, args.workers)
+    conn.send("ready")
+    while (steps := conn.recv()) is not None:
+        if side == "engine":
+            conn.send(timed(engine_steps, 1, steps))
+        else:
+            plain = make_plain()
+            conn.send(timed(plain, args.warmup, steps))
+            plain.close()  # shuts the workers down before the engine window
+
+
+def bench_model(name: str, args) -> dict:
+    flops = count_flops(create_model(name, num_classes=10), (3, 32, 32))  # forward FLOPs (2 x MACs) per image
     steps = args.steps or DEFAULT_STEPS.get(name, 3)
-    engine_steps = engine_runner(engine_model, train_set, args.batch_size, not args.nchw, args.micro_batch)
-    make_plain = plain_runner(plain_model, train_set.images.numpy(), train_set.labels.numpy(), args.batch_size, args.workers)
-    timed(engine_steps, args.warmup, 0)  # one-time warm-up (allocator, oneDNN primitives)
-    engine_runs, plain_runs = [], []
-    for r in range(args.repeats):
-        plain = make_plain()
-        plain_runs.append(timed(plain, args.warmup, steps))
-        plain.close()  # shuts the workers down before the engine window
-        engine_runs.append(timed(engine_steps, 1, steps))
-        print(f"  {name} round {r + 1}: plain {plain_runs[-1]:.1f} img/s, engine {engine_runs[-1]:.1f} img/s", flush=True)
+    ctx = mp.get_context("spawn")
+    sides = {}
+    for side in ("plain", "engine"):
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=side_process, args=(child, side, name, args))
+        proc.start()
+        sides[side] = (parent, proc)
+    try:
+        for parent, _ in sides.values():
+            assert parent.recv() == "ready"
+        runs = {"plain": [], "engine": []}
+        for r in range(args.repeats):
+            for side in ("plain", "engine"):
+                sides[side][0].send(steps)
+                runs[side].append(sides[side][0].recv())
+            print(f"  {name} round {r + 1}: plain {runs['plain'][-1]:.1f} img/s, engine {runs['engine'][-1]:.1f} img/s", flush=True)
+    finally:
+        for parent, proc in sides.values():
+            parent.send(None)
+            proc.join(timeout=60)
+    engine_runs, plain_runs = runs["engine"], runs["plain"]
     eng, plain = statistics.median(engine_runs), statistics.median(plain_runs)
     return {
         "model": name, "fwd_gflops_per_image": flops / 1e9, "steps_per_window": steps,
@@ -176,16 +221,12 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps before each window")
     parser.add_argument("--limit", type=int, default=10000, help="training images used (the step cost does not depend on it)")
     parser.add_argument("--json", default=None, help="write the raw results here")
+    parser.add_argument("--no-keep-host-memory", dest="keep_host_memory", action="store_false",
+                        help="engine side with glibc's default allocator (as keep_host_memory: false)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    train = load_image_folder(args.archive)["train"]
-    if args.limit and len(train) > args.limit:
-        from resnetlab.data.imageset import ImageSet
-
-        train = ImageSet(images=train.images[: args.limit], labels=train.labels[: args.limit], classes=train.classes,
-                         mean=train.mean, std=train.std, source=train.source)
     peak, peak_text = cpu_peak_gflops()
     load_before = os.getloadavg()
     print(f"machine: {machine()}; torch threads {torch.get_num_threads()}; load {load_before}", flush=True)
@@ -194,13 +235,13 @@ def main() -> int:
     results = []
     t0 = time.perf_counter()
     for name in args.models.split(","):
-        res = bench_model(name.strip(), train, args)
+        res = bench_model(name.strip(), args)
         results.append(res)
         print(f"{name}: plain {res['plain_median']:.1f} img/s ({res['plain_gflops_s']:.1f} GFLOP/s), engine {res['engine_median']:.1f} "
               f"img/s ({res['engine_gflops_s']:.1f} GFLOP/s, {100 * res['engine_gflops_s'] / roof:.0f}% of sgemm), ratio {res['ratio']:.2f}x", flush=True)
     out = {
         "machine": machine(), "torch_threads": torch.get_num_threads(), "batch_size": args.batch_size,
-        "workers": args.workers, "channels_last": not args.nchw, "micro_batch": args.micro_batch, "sgemm_gflops": roof, "repeats": args.repeats,
+        "workers": args.workers, "channels_last": not args.nchw, "keep_host_memory": args.keep_host_memory, "micro_batch": args.micro_batch, "sgemm_gflops": roof, "repeats": args.repeats,
         "load_before": load_before, "load_after": os.getloadavg(), "wall_s": time.perf_counter() - t0,
         "peak_gflops": peak, "peak_text": peak_text, "command": " ".join([".venv/bin/python", "benchmarks/bench_train.py", *sys.argv[1:]]),
         "results": results,

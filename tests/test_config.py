@@ -57,6 +57,7 @@ def test_overrides_win_and_are_yaml_typed(tmp_path):
     ({"optim.name": "lion"}, "optim.name"),
     ({"schedule.name": "linear"}, "schedule.name"),
     ({"precision": "fp8"}, "precision"),
+    ({"keep_host_memory": "sometimes"}, "keep_host_memory"),
     ({"epochs": 0}, "epochs"),
     ({"optim.lr.x": 1}, "optim.lr"),
 ])
