@@ -11,6 +11,9 @@ untimed warm-up, sizes interleaved per repeat so drifts of the machine hit every
 
     .venv/bin/python benchmarks/bench_micro_batch.py --json /tmp/micro.json
     .venv/bin/python benchmarks/bench_micro_batch.py --cases resnet56:128:32 --passes 128,64,32
+
+``--precision bf16`` times the passes under CPU bf16 autocast and ``--keep-host-memory`` applies
+the engine's host-memory setting (process-wide: compare two runs of the script, with and without).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_loader import machine  # noqa: E402
 
+from resnetlab.engine.host_memory import keep_freed_memory  # noqa: E402
 from resnetlab.models import create_model  # noqa: E402
 
 # model:batch:image side — the fast recipe's batch at its two training sides, and the
@@ -36,7 +40,12 @@ from resnetlab.models import create_model  # noqa: E402
 DEFAULT_CASES = "fastnet94:1000:24,fastnet94:1000:32,resnet20:128:32,resnet56:128:32,resnet18_cifar:128:32"
 
 
-def train_pass_timer(name: str, batch: int, side: int, passes: list[int]):
+def autocast(precision: str):
+    """bf16 autocast on the CPU as ``precision: bf16`` / ``fastest`` (on AMX CPUs) trains; fp32: none."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def train_pass_timer(name: str, batch: int, side: int, passes: list[int], precision: str = "fp32"):
     """A function timing one forward+backward of the whole batch in passes of ``p`` images."""
     torch.manual_seed(0)
     model = create_model(name, num_classes=10).to(memory_format=torch.channels_last).train()
@@ -46,14 +55,16 @@ def train_pass_timer(name: str, batch: int, side: int, passes: list[int]):
     def run(p: int) -> float:
         start = time.perf_counter()
         for xs, ys in zip(x.split(p), y.split(p)):
-            (F.cross_entropy(model(xs), ys) * (len(ys) / batch)).backward()
+            with autocast(precision):
+                logits = model(xs)
+            (F.cross_entropy(logits.float(), ys) * (len(ys) / batch)).backward()
         model.zero_grad(set_to_none=True)
         return batch / (time.perf_counter() - start)
 
     return run
 
 
-def eval_pass_timer(name: str, batch: int, side: int):
+def eval_pass_timer(name: str, batch: int, side: int, precision: str = "fp32"):
     torch.manual_seed(0)
     model = create_model(name, num_classes=10).to(memory_format=torch.channels_last).eval()
     x = torch.randn(batch, 3, side, side).contiguous(memory_format=torch.channels_last)
@@ -62,7 +73,8 @@ def eval_pass_timer(name: str, batch: int, side: int):
     def run(p: int) -> float:
         start = time.perf_counter()
         for xs in x.split(p):
-            model(xs)
+            with autocast(precision):
+                model(xs)
         return batch / (time.perf_counter() - start)
 
     return run
@@ -87,10 +99,15 @@ def main() -> int:
     parser.add_argument("--eval-batches", default="1000,500,250,125,64")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16: CPU autocast, as the engine's bf16")
+    parser.add_argument("--keep-host-memory", action="store_true",
+                        help="glibc keeps freed blocks in the process, as `resnetlab train` does on a CPU (keep_host_memory: auto)")
     parser.add_argument("--json", default=None, help="write the raw results here")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.keep_host_memory:
+        keep_freed_memory()
     print(f"machine: {machine()}; torch threads {torch.get_num_threads()}; load {os.getloadavg()}", flush=True)
     t0 = time.perf_counter()
     results = []
@@ -98,7 +115,7 @@ def main() -> int:
         name, batch, side = case.split(":")
         batch, side = int(batch), int(side)
         sizes = [int(p) for p in args.passes.split(",")] if args.passes else [batch // d for d in (1, 2, 4, 8) if batch // d >= 16]
-        rates = measure(train_pass_timer(name, batch, side, sizes), sizes, args.repeats)
+        rates = measure(train_pass_timer(name, batch, side, sizes, args.precision), sizes, args.repeats)
         medians = {p: statistics.median(r) for p, r in rates.items()}
         whole = medians[batch] if batch in medians else None
         row = {"kind": "train", "model": name, "batch": batch, "side": side, "runs": rates, "median": medians}
@@ -108,11 +125,12 @@ def main() -> int:
     if args.eval:
         name, total, side = args.eval.split(":")
         sizes = [int(b) for b in args.eval_batches.split(",")]
-        rates = measure(eval_pass_timer(name, int(total), int(side)), sizes, args.repeats)
+        rates = measure(eval_pass_timer(name, int(total), int(side), args.precision), sizes, args.repeats)
         medians = {b: statistics.median(r) for b, r in rates.items()}
         results.append({"kind": "eval", "model": name, "images": int(total), "side": int(side), "runs": rates, "median": medians})
         print(f"{name} forward-only at {side}px by batch: " + ", ".join(f"{b}: {m:.0f} img/s" for b, m in medians.items()), flush=True)
     out = {"machine": machine(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "repeats": args.repeats,
+           "precision": args.precision, "keep_host_memory": args.keep_host_memory,
            "load_after": os.getloadavg(), "wall_s": time.perf_counter() - t0,
            "command": " ".join([".venv/bin/python", "benchmarks/bench_micro_batch.py", *sys.argv[1:]]), "results": results}
     print(f"wall {out['wall_s']:.0f} s; load after {out['load_after']}")
