@@ -66,9 +66,10 @@ class StepOptions:
     probe_steps: frozenset[int] = frozenset()
     dist: distributed.DistInfo = field(default_factory=distributed.DistInfo)
     # Images per forward/backward pass; a larger batch is run as several passes whose gradients
-    # add up before the one optimizer step. On a CPU, passes of ~250 32x32 images keep the
-    # activations in cache: fastnet94's forward+backward at 32 px runs 1.27-1.50x faster than in
-    # one pass of 1,000 (benchmarks/speed.md, 2a). BatchNorm then normalizes each pass by its own
+    # add up before the one optimizer step. On a CPU, passes of ~250 32x32 images are faster:
+    # fastnet94's forward+backward at 32 px ran 1.15-1.50x faster than in one pass of 1,000 under
+    # glibc's default allocator (mostly the page faults on each pass's fresh large blocks) and
+    # 1.04-1.07x with keep_host_memory (benchmarks/speed.md, 0 and 2a). BatchNorm then normalizes each pass by its own
     # statistics, and a class-weighted loss is each pass's weighted mean (close to, not exactly,
     # the batch's).
     micro_batch: int | None = None
