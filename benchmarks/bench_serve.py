@@ -46,11 +46,11 @@ def make_images(count: int = 16) -> list[tuple[str, bytes, str]]:
     return images
 
 
-def start_server(model_dir: Path, threads: int | None) -> tuple[subprocess.Popen, str]:
+def start_server(model_dir: Path, threads: int | None, *options: str) -> tuple[subprocess.Popen, str]:
     env = dict(os.environ)
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
-    process = subprocess.Popen([sys.executable, "-m", "resnetlab", "serve", str(model_dir), "--port", "0"],
+    process = subprocess.Popen([sys.executable, "-m", "resnetlab", "serve", str(model_dir), "--port", "0", *options],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:

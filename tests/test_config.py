@@ -66,6 +66,46 @@ def test_bad_keys_and_values_are_config_errors_naming_the_key(override, match):
         build_config(None, override)
 
 
+@pytest.mark.parametrize("override, match", [
+    ({"optim.lr": float("nan")}, "optim.lr=nan: must be a finite number"),
+    ({"optim.lr": float("inf")}, "optim.lr=inf: must be a finite number"),
+    ({"optim.weight_decay": float("nan")}, "optim.weight_decay=nan: must be a finite number"),
+    ({"optim.weight_decay": -1e-4}, "optim.weight_decay=-0.0001: must be >= 0"),
+    ({"optim.momentum": -1}, "optim.momentum=-1.0: must be in [0, 1)"),
+    ({"optim.betas": [0.9, 1.5]}, "optim.betas=[0.9, 1.5]: must be in [0, 1)"),
+    ({"data.limit_train": 0}, "data.limit_train=0 (--limit-train): must be >= 1"),
+    ({"data.val_size": -3}, "data.val_size=-3 (--val-size): must be >= 0"),
+    ({"data.image_size": 0}, "data.image_size=0 (--image-size): must be >= 1"),
+])
+def test_out_of_range_and_non_finite_values_are_refused(override, match):
+    with pytest.raises(ConfigError, match=re.escape(match)):
+        build_config(None, override)
+
+
+@pytest.mark.parametrize("options, match", [
+    ({"model.name": "resnet21"}, "unknown model 'resnet21'"),
+    ({"model.name": "cnn_baseline", "model.options": {"widht": 4}}, "does not accept these options ['widht']"),
+])
+def test_check_model_refuses_unknown_names_and_options(options, match):
+    from resnetlab.config import check_model
+
+    check_model(build_config(None, {"model.name": "cnn_baseline", "model.options": {"width": 4}}))  # a valid one passes
+    with pytest.raises(ConfigError, match=re.escape(match)):
+        check_model(build_config(None, options))
+
+
+def test_malformed_recipe_is_one_line_with_line_and_column(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("epochs: 3\noptim: {lr: 0.1\n")
+    with pytest.raises(ConfigError) as info:
+        build_config(recipe)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"{recipe}: invalid YAML: line 3, column 1:"), message
+    with pytest.raises(ConfigError) as info:
+        parse_set(["optim.betas=[0.9"])
+    assert "\n" not in str(info.value)
+
+
 def test_bad_set_syntax():
     with pytest.raises(ConfigError, match="key.sub=value"):
         parse_set(["optim.lr"])

@@ -69,3 +69,14 @@ def test_two_process_ddp_matches_single_process(tmp_path, micro_batch):
     assert diff < TOLERANCE, diff
     losses = lambda d: [json.loads(line)["loss"] for line in (d / "steps.jsonl").read_text().splitlines()]
     assert losses(tmp_path / "ddp") == pytest.approx(losses(tmp_path / "single"), rel=1e-5)
+
+
+def test_torchrun_with_one_process_still_runs_ddp(tmp_path, small_image_folder):
+    """World size 1 under torchrun is DDP (the only NCCL check a one-GPU machine allows), not a plain run."""
+    if torchrun() is None:
+        pytest.skip("torchrun not installed")
+    run = subprocess.run([torchrun(), "--standalone", "--nproc_per_node=1", *train_args(small_image_folder, tmp_path / "ddp1")],
+                         capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "DDP: rank 0 of 1 (gloo)" in run.stderr
+    assert json.loads((tmp_path / "ddp1" / "summary.json").read_text())["world_size"] == 1

@@ -1,8 +1,11 @@
 """Fuzzing (issue 8, item 7): only resnetlab's own errors may escape the byte-facing loaders.
 
 Targets: images from bytes (``resnetlab.inference.preprocess.load_image`` / ``image_to_array``, used
-by predict and serve; ``resnetlab.data.decode.decode_bytes``, used for datasets) and checkpoint /
-model-file loading (``load_checkpoint_dict``, ``load_trained_model``, ``load_model_file``).
+by predict and serve; ``resnetlab.data.decode.decode_bytes``, used for datasets), checkpoint /
+model-file loading (``load_checkpoint_dict``, ``load_trained_model``, ``load_model_file``) and the
+metadata readers (issue 21, item 6): ``validate_meta`` itself, an ONNX file's ``resnetlab.meta``
+(``Predictor.from_onnx``) and ``finetune --from`` sources (``load_source``). What a metadata reader
+accepts must then be usable: class names for every output, finite probabilities, bounded sizes.
 
 Inputs are random bytes and mutations (bit flips, byte/int overwrites, cuts, inserts, splices) of
 the seed corpus in ``tests/fuzz/corpus`` (tiny valid files of every format; regenerate with
@@ -30,12 +33,14 @@ from resnetlab.data.decode import decode_bytes
 from resnetlab.errors import ResnetlabError
 from resnetlab.inference.preprocess import image_to_array, load_image
 from resnetlab.models.files import load_checkpoint_dict, load_model_file, load_trained_model
+from resnetlab.models.metadata import MAX_CLASSES, MAX_INPUT_SIDE, MIN_STD, validate_meta
 
 CORPUS = Path(__file__).resolve().parent / "fuzz" / "corpus"
 IMAGE_SEEDS = {p.name: p.read_bytes() for p in sorted((CORPUS / "images").iterdir())}
 CHECKPOINT_SEED = (CORPUS / "checkpoints" / "tiny.pt").read_bytes()
 WEIGHTS_SEED = (CORPUS / "checkpoints" / "model.safetensors").read_bytes()
 SIDECAR_SEED = json.loads((CORPUS / "checkpoints" / "model.json").read_text())
+ONNX_SEED = (CORPUS / "onnx" / "tiny.onnx").read_bytes()
 REGRESSIONS = sorted((CORPUS / "regressions").glob("*"))
 
 FUZZ = settings(
@@ -213,6 +218,106 @@ def test_fuzz_model_file_bytes(weights, sidecar):
     _check_model_file(weights, sidecar)
 
 
+# --------------------------------------------------------------------------- metadata readers
+
+# One example is a file write plus an onnxruntime session (~10 ms) or a safetensors read: few
+# examples and no deadline keep this under a few seconds on a busy 2-core box.
+META_FUZZ = settings(FUZZ, max_examples=int(os.environ.get("RESNETLAB_FUZZ_EXAMPLES", "40")), deadline=None)
+
+# Values just past each bound (issue 21, item 6) mixed with valid ones, so examples reach every check.
+NEAR_MISSES = {
+    "num_classes": [0, 1, 2, 3, 4, MAX_CLASSES, MAX_CLASSES + 1, "ten", 3.0, True, None],
+    "classes": [None, ["a", "b", "c"], ["a", "b"], ["a", "b", "c", "d"], "abc", ["a", "a", "b"], [1, 2, 3], ["a", None, "c"]],
+    "input_size": [[3, 32, 32], [3, 1, 1], [3, MAX_INPUT_SIDE, 8], [3, MAX_INPUT_SIDE + 1, 8], [3, 6000, 6000], [3, -32, 32],
+                   [4, 32, 32], [1, 32, 32], [3, 32], [3, 32.0, 32], "3x32x32"],
+    "mean": [[0.5, 0.5, 0.5], [0, 1, 1], [-0.1, 0.5, 0.5], [0.5, 0.5, 128], [float("nan")] * 3, [0.5, 0.5]],
+    "std": [[0.25, 0.25, 0.25], [0, 0, 0], [MIN_STD] * 3, [MIN_STD / 10] * 3, [float("inf")] * 3, [float("nan"), 1, 1], [-1, 1, 1]],
+}
+
+
+@st.composite
+def hostile_meta(draw) -> dict:
+    """The seed metadata with fields set to near misses of their bounds, or to arbitrary JSON."""
+    if draw(st.booleans()):
+        return draw(mutated_meta())
+    meta = dict(SIDECAR_SEED["meta"])
+    for key in draw(st.lists(st.sampled_from(sorted(NEAR_MISSES)), min_size=1, max_size=3, unique=True)):
+        meta[key] = draw(st.sampled_from(NEAR_MISSES[key]))
+    return meta
+
+
+def _assert_usable(meta) -> None:
+    """What a metadata reader hands on is safe to use: the promises validate_meta makes."""
+    assert isinstance(meta.num_classes, int) and 1 <= meta.num_classes <= MAX_CLASSES
+    assert meta.classes is None or (len(meta.classes) == meta.num_classes and all(isinstance(c, str) for c in meta.classes))
+    assert meta.input_size[0] == 3 and all(isinstance(v, int) and 1 <= v <= MAX_INPUT_SIDE for v in meta.input_size[1:])
+    assert all(0.0 <= m <= 1.0 for m in meta.mean) and all(np.isfinite(s) and s >= MIN_STD for s in meta.std)
+
+
+def _check_meta_targets(meta) -> None:
+    """``meta`` (any JSON value) through every metadata reader: refused with our error, or usable."""
+    checked = _only_ours(validate_meta, meta, "fuzzed.json")
+    if checked is not None:
+        _assert_usable(checked)
+    _check_onnx_meta(json.dumps(meta), valid=checked is not None)
+    _check_source_meta(meta)
+
+
+def _check_onnx_meta(text: str, valid: bool | None = None) -> None:
+    import onnx
+
+    from resnetlab.inference.predictor import Predictor
+
+    proto = onnx.load_from_string(ONNX_SEED)
+    proto.metadata_props[0].value = text
+    path = _TMPDIR / "fuzzed.onnx"
+    onnx.save(proto, str(path))
+    predictor = _only_ours(Predictor.from_onnx, path)
+    if predictor is None:
+        return
+    _assert_usable(predictor.meta)
+    # The graph has 3 outputs at 32x32: accepted metadata must agree, or requests fail later (a 500).
+    probabilities = predictor.probabilities(np.zeros((8, 8, 3), np.uint8))
+    assert probabilities.shape == (1, 3) and torch.isfinite(probabilities).all()
+    assert len(predictor.predict(np.zeros((8, 8, 3), np.uint8), top_k=3)[0]) == 3  # a name for every output
+
+
+def _check_source_meta(meta) -> None:
+    from resnetlab.finetune.sources import load_source
+
+    folder = _TMPDIR / "source"
+    folder.mkdir(exist_ok=True)
+    (folder / "model.safetensors").write_bytes(WEIGHTS_SEED)
+    (folder / "model.json").write_text(json.dumps({**SIDECAR_SEED, "meta": meta}))
+    source = _only_ours(load_source, folder)
+    if source is not None:
+        assert all(0.0 <= m <= 1.0 for m in source.mean) and all(np.isfinite(s) and s >= MIN_STD for s in source.std)
+        assert source.input_size[0] == 3 and all(1 <= v <= MAX_INPUT_SIDE for v in source.input_size[1:])
+
+
+def test_seed_metadata_is_accepted_by_every_reader():
+    """The seeds are valid, so the fuzzed examples start from metadata every reader takes."""
+    _assert_usable(validate_meta(SIDECAR_SEED["meta"], "seed"))
+    _check_meta_targets(SIDECAR_SEED["meta"])
+    import resnetlab
+
+    assert resnetlab.load(_TMPDIR / "fuzzed.onnx").classes == SIDECAR_SEED["meta"]["classes"]
+
+
+@META_FUZZ
+@given(meta=hostile_meta())
+def test_fuzz_metadata_readers(meta):
+    _check_meta_targets(meta)
+
+
+@META_FUZZ
+@given(text=st.one_of(st.text(max_size=200), mutated([json.dumps(SIDECAR_SEED["meta"]).encode()]).map(
+    lambda b: b.decode("utf-8", "replace"))))
+def test_fuzz_onnx_metadata_text(text):
+    """resnetlab.meta is free text in the ONNX file: broken JSON included."""
+    _check_onnx_meta(text)
+
+
 # --------------------------------------------------------------------------- regressions
 
 
@@ -228,5 +333,8 @@ def test_regression_corpus(path):
         _check_model_file(data, json.dumps(SIDECAR_SEED).encode())
     elif path.name.startswith("sidecar-"):
         _check_model_file(WEIGHTS_SEED, data)
+    elif path.name.startswith("meta-"):  # the value of a "meta" field, fed to every metadata reader
+        _check_meta_targets(json.loads(data))
+        _check_model_file(WEIGHTS_SEED, json.dumps({**SIDECAR_SEED, "meta": json.loads(data)}).encode())
     else:
-        pytest.fail(f"{path.name}: name regression files image-*, checkpoint-*, weights-* or sidecar-*")
+        pytest.fail(f"{path.name}: name regression files image-*, checkpoint-*, weights-*, sidecar-* or meta-*")

@@ -88,13 +88,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for_health(port: int, server: subprocess.Popen, timeout: float = 120) -> None:
+def wait_for_health(port: int, server: subprocess.Popen, log: Path, timeout: float = 120) -> None:
     import httpx
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            raise AssertionError(f"resnetlab serve exited early: {server.stdout.read()}")
+            raise AssertionError(f"resnetlab serve exited early: {log.read_text()[-3000:]}")
         try:
             if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
                 return
@@ -145,27 +145,24 @@ def test_python_examples_run():
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # about 2 minutes on an idle 2-core machine; much more when it is shared
-def test_guide_commands_run(tmp_path):
+def test_guide_commands_run(tmp_path, spawn):
     make_tiny_archive(tmp_path / "tiny-cifar10.tar.gz")
     (tmp_path / "recipes").symlink_to(REPO / "recipes")
     env = dict(os.environ, OMP_NUM_THREADS="1", PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     port = free_port()
-    server = None
-    try:
-        for command in commands(GUIDE.read_text()):
-            line = tiny(command, port)
-            if line.startswith("resnetlab serve"):
-                server = subprocess.Popen(line, shell=True, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                                          stderr=subprocess.STDOUT, text=True, start_new_session=True)
-                wait_for_health(port, server)
-                continue
-            done = subprocess.run(line, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-            assert done.returncode == 0, f"{line}\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
-            if line.startswith("curl"):
-                assert '"detail"' not in done.stdout and done.stdout.strip(), done.stdout
-    finally:
-        if server is not None:
-            server.terminate()
-            server.wait(timeout=30)
+    for command in commands(GUIDE.read_text()):
+        line = tiny(command, port)
+        if line.startswith("resnetlab serve"):
+            # Through a shell, so the server is the shell's child: spawn's teardown kills the whole
+            # process group (terminating the shell alone left the server listening after pytest).
+            log = open(tmp_path / "serve.log", "w")
+            server = spawn(line, shell=True, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+            log.close()
+            wait_for_health(port, server, tmp_path / "serve.log")
+            continue
+        done = subprocess.run(line, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, f"{line}\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+        if line.startswith("curl"):
+            assert '"detail"' not in done.stdout and done.stdout.strip(), done.stdout
     assert (tmp_path / "runs/degradation-cpu/degradation.png").is_file()
     assert (tmp_path / "runs/guide-resnet20/model.onnx").is_file()

@@ -65,3 +65,39 @@ def test_report_renders_in_chromium(report_path):
     assert rows == CLASSES
     assert headline.strip().endswith("%")
     assert confusions > 0 and tta_rows == 2
+
+
+def test_report_served_under_its_content_security_policy(report_path):
+    """`resnetlab serve` sends the report with a CSP that forbids scripts; it must still render fully."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    executable = chromium_path()
+    from resnetlab.inference.predictor import Predictor
+    from resnetlab.models import create_model
+    from resnetlab.serve.app import create_app
+    from test_serve import running_server  # one way to start the app under uvicorn in tests
+
+    model = create_model("cnn_baseline", num_classes=len(CLASSES))
+    model.meta.classes = list(CLASSES)
+    app = create_app(Predictor.from_model(model), report_dir=report_path.parent)
+    problems: list[str] = []
+    with running_server(app) as url, sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.on("console", lambda msg: problems.append(msg.text) if msg.type == "error" and "404" not in msg.text else None)
+            page.on("pageerror", lambda exc: problems.append(str(exc)))
+            # The browser's own /favicon.ico probe is the one 404 allowed (the report has no icon).
+            page.on("response", lambda r: problems.append(f"{r.status} {r.url}") if r.status >= 400 and not r.url.endswith("/favicon.ico") else None)
+            response = page.goto(f"{url}/report", wait_until="load")
+            csp = response.headers.get("content-security-policy", "")
+            images = page.eval_on_selector_all("img", "els => els.map(e => e.naturalWidth)")
+            bar = page.eval_on_selector_all(".meter span", "els => Math.max(...els.map(e => e.getBoundingClientRect().width))")
+            page.goto(url, wait_until="load")  # the prediction page under its own policy
+            # A locator, not wait_for_function: Playwright evaluates that string with eval, which the policy forbids.
+            page.locator("#model-info", has_text="cnn_baseline").wait_for(timeout=20_000)
+        finally:
+            browser.close()
+    assert "default-src 'none'" in csp and "script-src" not in csp
+    assert problems == []  # a blocked inline style or image would be a console error
+    assert len(images) == 7 and all(width > 300 for width in images)
+    assert bar > 0  # inline style attributes (the bar widths) are applied

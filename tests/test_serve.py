@@ -7,8 +7,6 @@ import io
 import os
 import re
 import socket
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -76,6 +74,7 @@ def run_dir(tmp_path_factory) -> Path:
     model.meta.classes = list(CLASSES)
     path = tmp_path_factory.mktemp("run")
     save_model_file(model, path)
+    (path / "config.yaml").write_text("model: {name: cnn_baseline}\n")  # what makes the folder a run directory
     (path / "eval").mkdir()
     (path / "eval" / "report.html").write_text('<html><body><h1>Test report</h1><img src="confusion.png"></body></html>')
     (path / "eval" / "confusion.png").write_bytes(_image_bytes("PNG"))
@@ -273,29 +272,10 @@ def test_serves_an_onnx_export(run_dir, predictor, tmp_path):
 
 
 @pytest.mark.slow
-def test_serve_command_end_to_end(run_dir):
+def test_serve_command_end_to_end(run_dir, serve_process):
     """`resnetlab serve MODEL --port 0` in a subprocess: prints its URL and answers."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "resnetlab", "serve", str(run_dir), "--port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    try:
-        url = None
-        deadline = time.monotonic() + 90
-        while url is None and time.monotonic() < deadline:
-            line = process.stdout.readline()
-            if not line:
-                break
-            match = re.search(r"(http://127\.0\.0\.1:\d+)/", line)
-            url = match.group(1) if match else None
-        assert url, "serve did not print its address"
-        for _ in range(100):
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{url}/health").status_code == 200:
-                    break
-            time.sleep(0.1)
-        response = httpx.post(f"{url}/predict", files={"file": ("x.jpg", _image_bytes(), "image/jpeg")})
-        assert response.status_code == 200 and response.json()["predictions"][0]["top_k"][0]["class"] in CLASSES
-    finally:
-        process.terminate()
-        process.wait(15)
+    _, url = serve_process(run_dir)
+    assert url.startswith("http://127.0.0.1:")
+    response = httpx.post(f"{url}/predict", files={"file": ("x.jpg", _image_bytes(), "image/jpeg")})
+    assert response.status_code == 200 and response.json()["predictions"][0]["top_k"][0]["class"] in CLASSES
+    assert httpx.get(f"{url}/report", follow_redirects=True).status_code == 200  # the run's own report

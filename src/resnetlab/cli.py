@@ -8,12 +8,14 @@ the order of ``--help`` reads the way a person learns the tool.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
+import os
 import sys
 
 from resnetlab import __version__
-from resnetlab.errors import ResnetlabError
+from resnetlab.errors import ResnetlabError, strip_unsafe_advice
 
 COMMANDS = [
     "data",
@@ -50,6 +52,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# A full disk, a quota, a read-only or not-permitted location: the user's to fix, so one line, not a
+# traceback. resnetlab.utils.atomic puts the destination path on errors raised while writing.
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG})
+
+
+def storage_message(exc: OSError) -> str:
+    """``PATH: No space left on device; free some space ...`` from an OSError of the storage kind."""
+    reason = exc.strerror or os.strerror(exc.errno)
+    where = f"{exc.filename}: " if exc.filename else ""
+    hint = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some space", errno.EFBIG: "free some space",
+            errno.EROFS: "choose a writable location"}.get(exc.errno, "check its permissions or choose another location")
+    # resnetlab writes every file to a temporary name and renames it only when complete.
+    return f"{where}{reason}; {hint} and run again (files written before are intact)"
+
+
+def one_line(message: str) -> str:
+    """The promised one-line error, whatever a message carries (and never torch's unsafe-load advice)."""
+    return " ".join(strip_unsafe_advice(message).split())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -63,7 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = args.run(args)
     except ResnetlabError as exc:
-        print(f"resnetlab: error: {exc}", file=sys.stderr)
+        print(f"resnetlab: error: {one_line(str(exc))}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        if exc.errno not in STORAGE_ERRNOS:
+            raise  # not the user's disk or permissions: a bug, keep the traceback
+        print(f"resnetlab: error: {storage_message(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("resnetlab: interrupted", file=sys.stderr)

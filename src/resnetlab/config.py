@@ -9,6 +9,7 @@ reads it back, so a run can always be repeated from its directory alone.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,7 +41,9 @@ class ModelConfig:
     # CPU for resnet20/56/18_cifar and fastnet94, benchmarks/speed.md; the usual choice on GPUs).
     channels_last: bool | str = "auto"
     # torch.compile the model. auto: on CUDA only (on the CPU it cost ~50 s of compile time and gave
-    # no measured speed-up, benchmarks/speed.md); true: on any device.
+    # no measured speed-up, benchmarks/speed.md); true: on any device. reduce-overhead: torch.compile's
+    # CUDA-graph mode (CUDA only): each forward/backward is replayed as one graph launch, for small
+    # nets at batch 128 whose step is bound by kernel launches rather than arithmetic (issue 19).
     compile: bool | str = False
 
 
@@ -144,7 +147,7 @@ CHOICES = {
     "data.class_balance": ("none", "weighted-loss", "sampler"),
     "optim.name": ("sgd", "adam", "adamw", "muon"),
     "model.channels_last": (True, False, "auto"),
-    "model.compile": (True, False, "auto"),
+    "model.compile": (True, False, "auto", "reduce-overhead"),
     "schedule.name": ("constant", "step", "multistep", "cosine", "onecycle"),
     "schedule.unit": ("epochs", "steps"),
     "schedule.anneal": ("cos", "linear"),
@@ -164,11 +167,28 @@ def load_recipe(path: str | Path) -> dict:
         data = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError as exc:
         raise ConfigError(f"recipe not found: {path}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a text file (byte {exc.start} is not UTF-8)") from exc
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML ({exc})") from exc
+        raise ConfigError(f"{path}: invalid YAML: {yaml_error_summary(exc)}") from None
+    except (IsADirectoryError, PermissionError) as exc:
+        raise ConfigError(f"recipe {path}: cannot read it ({exc.strerror})") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a recipe must be a mapping of config keys")
     return data
+
+
+def yaml_error_summary(exc: yaml.YAMLError, lines: bool = True) -> str:
+    """One line from PyYAML's multi-line report: where (1-based line and column) and what.
+
+    PyYAML prints the offending source line and a caret on lines of their own, which breaks the
+    CLI's one-line error promise; the position says the same thing.
+    """
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    context = getattr(exc, "context", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None and lines else ""
+    return f"{where}{problem}" + (f" ({context})" if context else "")
 
 
 def parse_set(items: list[str] | None) -> dict[str, Any]:
@@ -181,7 +201,7 @@ def parse_set(items: list[str] | None) -> dict[str, Any]:
         try:
             overrides[key.strip()] = yaml.safe_load(text) if text.strip() else None
         except yaml.YAMLError as exc:
-            raise ConfigError(f"--set {item!r}: value is not valid YAML ({exc})") from exc
+            raise ConfigError(f"--set {item!r}: value is not valid YAML: {yaml_error_summary(exc, lines=False)}") from None
     return overrides
 
 
@@ -205,10 +225,15 @@ def config_from_dict(data: dict) -> TrainConfig:
     return build_config(data)
 
 
+def config_text(config: TrainConfig) -> str:
+    """The YAML of ``config.yaml``."""
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)
+
+
 def write_config(config: TrainConfig, path: str | Path) -> None:
     from resnetlab.utils.atomic import atomic_write_text
 
-    atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
+    atomic_write_text(path, config_text(config))
 
 
 def read_config(path: str | Path) -> TrainConfig:
@@ -217,6 +242,11 @@ def read_config(path: str | Path) -> TrainConfig:
 
 def validate(config: TrainConfig) -> None:
     flat = _flatten(config.to_dict())
+    for key, value in flat.items():
+        # NaN compares false with every bound below, so it would slip through each range check.
+        values = value if isinstance(value, list) else [value]
+        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+            raise ConfigError(f"config {key}={value!r}: must be a finite number")
     for key, allowed in CHOICES.items():
         if flat.get(key) not in allowed:
             raise ConfigError(f"config {key}={flat.get(key)!r}: expected one of {', '.join(map(str, allowed))}")
@@ -248,6 +278,46 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(f"config optim.lr={config.optim.lr}: must be > 0")
     if not 0.0 <= config.optim.label_smoothing < 1.0:
         raise ConfigError(f"config optim.label_smoothing={config.optim.label_smoothing}: must be in [0, 1)")
+    optim = config.optim
+    for key, value in (("weight_decay", optim.weight_decay), ("muon_lr", optim.muon_lr)):
+        if value < 0:
+            raise ConfigError(f"config optim.{key}={value}: must be >= 0")
+    if len(optim.betas) != 2:
+        raise ConfigError(f"config optim.betas={list(optim.betas)}: expected two numbers")
+    for key, value in (("momentum", optim.momentum), ("muon_momentum", optim.muon_momentum),
+                       ("betas", optim.betas[0]), ("betas", optim.betas[1])):
+        if not 0.0 <= value < 1.0:  # >= 1 never forgets a gradient: the update grows without bound
+            shown = list(optim.betas) if key == "betas" else value
+            raise ConfigError(f"config optim.{key}={shown}: must be in [0, 1)")
+    if optim.eps <= 0:
+        raise ConfigError(f"config optim.eps={optim.eps}: must be > 0")
+    if optim.grad_clip is not None and optim.grad_clip <= 0:
+        raise ConfigError(f"config optim.grad_clip={optim.grad_clip}: must be > 0 (or null for no clipping)")
+    data = config.data
+    if data.limit_train is not None and data.limit_train < 1:
+        raise ConfigError(f"config data.limit_train={data.limit_train} (--limit-train): must be >= 1 (or null for all images)")
+    if data.val_size is not None and data.val_size < 0:
+        raise ConfigError(f"config data.val_size={data.val_size} (--val-size): must be >= 0 (0: no validation split)")
+    if data.image_size is not None and data.image_size < 1:
+        raise ConfigError(f"config data.image_size={data.image_size} (--image-size): must be >= 1 (or null for the images' own size)")
+
+
+def check_model(config: TrainConfig) -> None:
+    """Fail now, not after the data has loaded, on an unknown model name or options its builder refuses.
+
+    The model is built on the meta device: no memory and no initialization, only the builder's checks.
+    """
+    import torch
+
+    from resnetlab.models.registry import create_model
+
+    try:
+        with torch.device("meta"):
+            create_model(config.model.name, num_classes=2, **config.model.options)
+    except ConfigError as exc:
+        raise ConfigError(f"config model: {exc}") from None
+    except (TypeError, ValueError, AssertionError) as exc:  # a builder refusing a value (e.g. depth=7)
+        raise ConfigError(f"config model.options={config.model.options!r}: model {config.model.name!r} refuses them ({exc})") from None
 
 
 # --------------------------------------------------------------------------- helpers

@@ -6,22 +6,32 @@
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
+import logging
 import os
 import platform
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 from resnetlab.errors import ConfigError
-from resnetlab.utils.atomic import atomic_write_text
+from resnetlab.utils.atomic import atomic_write_text, remove_stale_temporaries
+
+log = logging.getLogger(__name__)
 
 METRIC_COLUMNS = [
     "epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "lr",
     "images_per_sec", "epoch_time_s", "elapsed_s", "skipped_steps",
 ]
+
+
+# Records an attempt that failed before its first checkpoint may have left; a reuse starts them afresh.
+STALE_RECORDS = ("metrics.jsonl", "metrics.csv", "steps.jsonl", "grad_norms.jsonl", "summary.json", "curves.png")
 
 
 def default_run_dir(model_name: str, name: str | None = None, root: str | Path = "runs") -> Path:
@@ -51,11 +61,60 @@ class RunDir:
     def eval_dir(self) -> Path:
         return self.path / "eval"
 
-    def create(self) -> "RunDir":
-        """Make a fresh run directory; refuses one that already holds a run."""
-        if self.config_path.exists():
+    def holds_run(self) -> bool:
+        """True when the directory holds a run worth keeping: a checkpoint or a model file."""
+        if (self.path / "model.safetensors").exists():
+            return True
+        try:
+            return any(p.suffix == ".pt" for p in self.checkpoints.iterdir())
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+
+    def create(self, files: dict[str, str]) -> "RunDir":
+        """Make the run directory holding ``files`` (name -> text) and ``checkpoints/``, all or nothing.
+
+        A new directory is assembled under a temporary sibling and renamed into place, so a failure
+        (a full disk, a read-only parent) leaves no stub for the retry to trip over. An existing
+        directory without a checkpoint or model file (a run that failed before its first
+        checkpoint, or an empty folder) is reused; one with either is refused.
+        """
+        if self.path.exists() and not self.path.is_dir():
+            raise ConfigError(f"run directory {self.path}: exists and is not a directory; choose another --run-dir")
+        if self.holds_run():
             raise ConfigError(f"run directory {self.path} already holds a run: continue it with --resume {self.path} or choose another --run-dir")
-        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        if self.path.is_dir():
+            if self.config_path.exists():  # an attempt that stopped before its first checkpoint
+                log.warning("reusing %s: it holds no checkpoint (an earlier attempt stopped before its first one)", self.path)
+                for name in STALE_RECORDS:  # its rows must not mix with this run's
+                    (self.path / name).unlink(missing_ok=True)
+            self.checkpoints.mkdir(exist_ok=True)
+            for directory in (self.path, self.checkpoints):
+                remove_stale_temporaries(directory)
+            for name, text in files.items():
+                atomic_write_text(self.path / name, text)
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            staging = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.{os.getpid()}.", suffix=".tmp", dir=self.path.parent))
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror, str(self.path)) from exc
+        try:
+            os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it 0700; a run directory is an ordinary one
+            (staging / "checkpoints").mkdir()
+            for name, text in files.items():
+                try:
+                    atomic_write_text(staging / name, text)
+                except OSError as exc:  # name the file the user will look for, not the staging one
+                    raise OSError(exc.errno, exc.strerror, str(self.path / name)) from exc
+            try:
+                os.rename(staging, self.path)
+            except OSError as exc:
+                if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise ConfigError(f"run directory {self.path} was created by another process meanwhile; choose another --run-dir") from exc
+                raise
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         return self
 
     # metrics
@@ -115,10 +174,15 @@ class RunDir:
 
     # other records
     def write_json(self, name: str, data: dict) -> None:
-        atomic_write_text(self.path / name, json.dumps(data, indent=2, default=str) + "\n")
+        atomic_write_text(self.path / name, self.json_text(data))
 
     def write_env(self, device: str, seed: int, world_size: int = 1) -> None:
         self.write_json("env.json", environment_record(device, seed, world_size))
+
+    @staticmethod
+    def json_text(data: dict) -> str:
+        """How ``write_json`` lays out a record (for files handed to ``create``)."""
+        return json.dumps(data, indent=2, default=str) + "\n"
 
     def plot_curves(self, rows: list[dict]) -> Path | None:
         """curves.png: loss and accuracy per epoch (train and validation) and the learning rate."""
@@ -151,6 +215,12 @@ class RunDir:
         path = self.path / "curves.png"
         atomic_write_bytes(path, buffer.getvalue())
         return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def environment_record(device: str, seed: int, world_size: int = 1) -> dict:

@@ -1,4 +1,5 @@
-"""Write the fuzz seed corpus (tests/fuzz/corpus/): tiny valid files of every format the loaders read.
+"""Write the fuzz seed corpus (tests/fuzz/corpus/): tiny valid files of every format the loaders read
+(images, checkpoints, model files, an ONNX model with resnetlab metadata).
 
     python tests/fuzz/make_corpus.py
 
@@ -82,6 +83,27 @@ def model_file() -> tuple[bytes, bytes]:
     return weights, sidecar
 
 
+def onnx_model() -> bytes:
+    """A real ONNX classifier of META's shape (global average pool -> linear) carrying META as resnetlab.meta."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.random.default_rng(0).standard_normal((3, 3)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("GlobalAveragePool", ["images"], ["pooled"]),  # (N, 3, 1, 1)
+         helper.make_node("Flatten", ["pooled"], ["flat"]),  # (N, 3)
+         helper.make_node("MatMul", ["flat", "w"], ["logits"])],  # (N, 3 classes)
+        "tiny",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 3, 32, 32])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])],
+        initializer=[weight],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    proto.ir_version = 8  # readable by older onnxruntime releases too
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = "resnetlab.meta", json.dumps(META)
+    return proto.SerializeToString()
+
+
 def main() -> None:
     (CORPUS / "images").mkdir(parents=True, exist_ok=True)
     (CORPUS / "checkpoints").mkdir(parents=True, exist_ok=True)
@@ -92,6 +114,8 @@ def main() -> None:
     weights, sidecar = model_file()
     (CORPUS / "checkpoints" / "model.safetensors").write_bytes(weights)
     (CORPUS / "checkpoints" / "model.json").write_bytes(sidecar)
+    (CORPUS / "onnx").mkdir(parents=True, exist_ok=True)
+    (CORPUS / "onnx" / "tiny.onnx").write_bytes(onnx_model())
     total = sum(p.stat().st_size for p in CORPUS.rglob("*") if p.is_file())
     print(f"wrote {CORPUS} ({total:,} bytes)")
 

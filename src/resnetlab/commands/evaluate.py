@@ -6,11 +6,14 @@ import argparse
 import shlex
 import sys
 
+from resnetlab.commands import SOURCE_FORMAT_HELP, SOURCE_FORMATS
+
 EPILOG = """\
 examples:
   resnetlab evaluate runs/resnet20-he2016 --split test
   resnetlab evaluate runs/resnet20-he2016/model.safetensors --data cifar10 --tta
   resnetlab evaluate model.onnx --data ./my-images --split val --out eval-onnx
+  resnetlab evaluate resnet32-d509ac18.th --data ./photos      # akamaster's weights on every image of a <class>/ folder
 
 Writes metrics.json (every number), PNG plots, report.html (self-contained) and report.md.
 """
@@ -25,9 +28,13 @@ def add_parser(subparsers) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("model", metavar="MODEL", help="run directory, .safetensors model file, .pt checkpoint or .onnx file")
+    p.add_argument("model", metavar="MODEL", help="run directory, .safetensors model file, .pt checkpoint, .onnx file, or an "
+                   "outside checkpoint (akamaster .th, kuangliu, torchvision/timm ResNet state dict; FORMAT:PATH names its format)")
     p.add_argument("--data", help="cifar10, cifar100, an archive or an image folder (default: the run's data when MODEL is in a run directory)")
-    p.add_argument("--split", default="test", choices=["test", "val", "train"], help="which split to evaluate (default: test)")
+    p.add_argument("--split", choices=["test", "val", "train", "all"],
+                   help="which split to evaluate; all: every image (default: test, or all for a folder that is not the "
+                   "model's training data and has no val/ or test/ folder)")
+    p.add_argument("--source-format", choices=SOURCE_FORMATS, help=SOURCE_FORMAT_HELP)
     p.add_argument("--out", help="report directory (default: RUN_DIR/eval-SPLIT for runs, else ./eval-NAME)")
     p.add_argument("--tta", action="store_true", help="test-time augmentation: average softmax over flips and 2-px shifts (default: off)")
     p.add_argument("--batch-size", type=int, default=512, help="images per forward pass (default: 512)")
@@ -40,11 +47,35 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from resnetlab.evaluation.runner import evaluate_path, summary_lines
 
+    check_options(args)
     metrics, out_dir = evaluate_path(
         args.model, args.data, split=args.split, out_dir=args.out, tta=args.tta, batch_size=args.batch_size,
-        device=args.device, data_dir=args.data_dir, image_size=args.image_size,
+        device=args.device, data_dir=args.data_dir, image_size=args.image_size, source_format=args.source_format,
         command="resnetlab " + shlex.join(sys.argv[1:]) if sys.argv and "resnetlab" in sys.argv[0] else None,
     )
     for line in summary_lines(metrics, out_dir):
         print(line)
     return 0
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Before any work: a batch size that can run, and a report directory that destroys nothing."""
+    from pathlib import Path
+
+    from resnetlab.errors import ConfigError
+
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size {args.batch_size}: must be >= 1")
+    if args.out is None:
+        return  # the default (RUN/eval-SPLIT or ./eval-NAME) is never a model's file
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: is a file; the report is a directory (give a new or existing folder)")
+    from resnetlab.evaluation.evaluate import OUTPUT_FILES
+    from resnetlab.evaluation.report import FIGURES
+    from resnetlab.models.files import model_source_files
+    from resnetlab.utils.atomic import check_output_path
+
+    protected = model_source_files(args.model)
+    for name in (*OUTPUT_FILES, "predictions.csv", *(figure[0] for figure in FIGURES)):
+        check_output_path(out / name, protected, label=f"--out {out} (the report writes {out / name})")

@@ -8,12 +8,15 @@ import os
 import sys
 from pathlib import Path
 
+from resnetlab.commands import SOURCE_FORMAT_HELP, SOURCE_FORMATS
 from resnetlab.errors import ConfigError
 
 EPILOG = """\
 sources (--from):
   runs/resnet18-cifar10                    a resnetlab run directory, model file or .pt checkpoint
   resnet50-11ad3fa6.pth | model.safetensors   a torchvision/timm ResNet state dict file
+  resnet32-d509ac18.th | ckpt.pth          akamaster/pytorch_resnet_cifar10 or kuangliu/pytorch-cifar checkpoints
+  akamaster:weights.pth                    a format named where the keys cannot show it (or --source-format)
   torchvision:resnet50.IMAGENET1K_V2       named weights (needs internet once; then cached)
   timm:resnet50.a1_in1k
 
@@ -45,6 +48,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--batch-size", type=int, help="global batch size (default: recipe's, else 64)")
     p.add_argument("--run-dir", help="run directory (default: runs/<model>-ft-<date>-<time>)")
     p.add_argument("--from", dest="source", metavar="SOURCE", help="pretrained weights (see 'sources' below)")
+    p.add_argument("--source-format", choices=SOURCE_FORMATS, help=SOURCE_FORMAT_HELP)
     p.add_argument("--model", help="architecture to build (default: the source's, e.g. resnet50)")
     p.add_argument("--recipe", help="YAML recipe (see recipes/finetune-*.yaml); default: built-in fine-tuning defaults "
                    "(SGD nesterov lr 0.01, cosine, 1 warm-up epoch, 10 epochs, batch 64)")
@@ -120,6 +124,11 @@ def run(args: argparse.Namespace) -> int:
         logging.getLogger().setLevel(logging.WARNING)
     if args.seeds:
         raise ConfigError("--seeds is not offered by finetune: run it once per --seed")
+    if args.source_format:
+        if not args.source:
+            raise ConfigError("--source-format names the format of --from SOURCE: give --from too")
+        # FORMAT:PATH is how the sources take a named format; the run's config records it that way.
+        args.source = f"{args.source_format}:{args.source}"
     overrides = overrides_from_args(args)
     try:
         if args.resume:

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from resnetlab.commands import SOURCE_FORMAT_HELP, SOURCE_FORMATS
 from resnetlab.errors import ConfigError
 
 
@@ -18,12 +19,14 @@ def add_parser(subparsers) -> None:
                     "code is non-zero only when no image could be read.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("model", metavar="MODEL", help="run directory, model file (.safetensors), checkpoint (.pt) or exported .onnx")
+    parser.add_argument("model", metavar="MODEL", help="run directory, model file (.safetensors), checkpoint (.pt), exported .onnx, "
+                        "or an outside checkpoint (akamaster .th, kuangliu, torchvision/timm ResNet state dict)")
     parser.add_argument("images", metavar="IMAGE", nargs="+", help="image files, folders (searched recursively) or glob patterns")
     parser.add_argument("--top-k", type=int, default=5, help="how many classes to show per image")
     parser.add_argument("--output", "-o", metavar="FILE", help="also write the results to FILE.json or FILE.csv")
     parser.add_argument("--batch-size", type=int, default=64, help="images decoded and run together")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    parser.add_argument("--source-format", choices=SOURCE_FORMATS, help=SOURCE_FORMAT_HELP)
     parser.add_argument("--quiet", "-q", action="store_true", help="do not print the table (errors still go to stderr)")
     parser.set_defaults(run=run)
 
@@ -32,9 +35,14 @@ def run(args) -> int:
     from resnetlab.inference.batch import predict_files, write_results
     from resnetlab.inference.predictor import Predictor
 
-    if args.output and Path(args.output).suffix.lower() not in (".json", ".csv"):
-        raise ConfigError(f"--output {args.output}: use a .json or .csv file name")
-    predictor = Predictor.load(args.model, device=args.device)
+    if args.output:
+        from resnetlab.models.files import model_source_files
+        from resnetlab.utils.atomic import check_output_path
+
+        check_output_path(args.output, model_source_files(args.model), example="predictions.json")
+        if Path(args.output).suffix.lower() not in (".json", ".csv"):
+            raise ConfigError(f"--output {args.output}: use a .json or .csv file name")
+    predictor = Predictor.load(args.model, device=args.device, source_format=args.source_format)
 
     def report(result) -> None:
         print(f"resnetlab: skipped {result.error}", file=sys.stderr)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from resnetlab.errors import DataError
+from resnetlab.utils.regular_files import FileRefused, FileTooLarge, read_regular_file
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".zip")
 
@@ -88,11 +89,14 @@ def read_members(path: str | os.PathLike, limit: int | None = None) -> tuple[byt
     try:
         if path.name.lower().endswith(".zip"):
             return _read_zip(path, limit)
-        raw = path.read_bytes()
+        try:  # a regular file only, and no more than the limit (compressed data is never larger than useful)
+            raw = read_regular_file(path, limit)
+        except FileTooLarge:
+            raise _too_big(path, limit) from None
+        except FileRefused as exc:
+            raise DataError(f"{path}: {exc}") from None
         if raw[:2] == b"\x1f\x8b":
             raw = _gunzip(raw, path, limit)
-        elif len(raw) > limit:
-            raise _too_big(path, limit)
     except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         raise DataError(f"{path}: cannot read archive ({exc}); is it complete and readable?") from exc
     members = _parse_ustar(raw, path)

@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from resnetlab.errors import DataError
+from resnetlab.utils.regular_files import FileRefused, read_regular_file
 
 try:  # libjpeg-turbo through simplejpeg: ~5x faster than PIL on small JPEGs (PIL parses markers in Python)
     import simplejpeg
@@ -35,6 +36,9 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", 
 JUNK_NAMES = frozenset({"thumbs.db", "desktop.ini"})
 # Decompression-bomb limit in pixels (PIL's default, ~89 M). Module-level so tests can lower it.
 MAX_PIXELS = int(Image.MAX_IMAGE_PIXELS or 89_478_485)
+# Largest image file read, in bytes: above any real picture under MAX_PIXELS (89 MP of 16-bit RGBA
+# is 716 MB uncompressed), and the bound that keeps a huge "x.jpg" (a disk image) out of memory.
+MAX_FILE_BYTES = 1 << 30
 # Below this many images the pool's start-up costs more than it saves.
 PARALLEL_MIN_IMAGES = 2048
 
@@ -51,6 +55,7 @@ class Source:
     path: str | None = None
     offset: int = 0
     size: int = 0
+    refused: str | None = None  # why it must not be read (a FIFO, a device...): reported like a bad image
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -148,6 +153,18 @@ def decode_bytes(data: bytes | memoryview, image_size: int | None = None) -> np.
     return array
 
 
+def read_image_file(path: str | os.PathLike) -> bytes:
+    """The bytes of an image file: a regular file (symlinks followed) of at most MAX_FILE_BYTES.
+
+    A FIFO, device, socket or folder is never opened for reading (a FIFO would block forever, a link
+    to /dev/zero would fill the memory); BadImage says what it is instead.
+    """
+    try:
+        return read_regular_file(path, MAX_FILE_BYTES)
+    except FileRefused as exc:
+        raise BadImage(str(exc)) from None
+
+
 # --- parallel decoding -------------------------------------------------------------------------
 # The buffer and sources are module globals set *before* the pool forks, so workers inherit them
 # copy-on-write instead of receiving ~100 MB through pipes; only (start, stop) ranges travel.
@@ -157,12 +174,10 @@ _SIZE: int | None = None
 
 
 def _decode_source(source: Source) -> np.ndarray:
+    if source.refused is not None:
+        raise BadImage(source.refused)
     if source.path is not None:
-        try:
-            with open(source.path, "rb") as handle:
-                data = handle.read()
-        except OSError as exc:
-            raise BadImage(f"cannot be read ({exc.strerror or exc})") from None
+        data = read_image_file(source.path)
     else:
         data = memoryview(_BUFFER)[source.offset : source.offset + source.size]
     return decode_bytes(data, _SIZE)

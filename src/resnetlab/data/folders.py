@@ -12,8 +12,9 @@ import hashlib
 import json
 import logging
 import os
+import stat
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,22 +22,26 @@ import torch
 
 from resnetlab.data.archives import is_archive, read_members
 from resnetlab.data.cache import cache_dir, file_digest
-from resnetlab.data.decode import IMAGE_EXTENSIONS, JUNK_NAMES, Source, decode_all
+from resnetlab.data.decode import IMAGE_EXTENSIONS, JUNK_NAMES, BadImage, Source, decode_all, read_image_file
 from resnetlab.data.imageset import ImageSet
 from resnetlab.errors import DataError
 from resnetlab.utils.atomic import atomic_write_with
+from resnetlab.utils.regular_files import not_regular_reason
 
 log = logging.getLogger(__name__)
 
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
-CACHE_VERSION = 2  # bump when decoding rules change so old caches are not reused
+FOLDER_READ_ALREADY = "is a link to a folder read already"
+CACHE_VERSION = 3  # bump when decoding rules change so old caches are not reused (3: only regular files, links followed)
 
 
 @dataclass
 class _Entry:
     parts: tuple[str, ...]  # relative path inside the dataset root
-    kind: str  # "file", "dir" or "other"
+    kind: str  # "file", "dir" or "other" (never read: FIFO, device, broken link, link in an archive...)
     source: Source | None = None
+    reason: str | None = None  # why an "other" entry is not read
+    outside: str | None = None  # a symlink's target when it lies outside the dataset folder
 
 
 @dataclass
@@ -76,7 +81,9 @@ def load_image_folder(
         buffer, members = read_members(path)
         entries = _strip_single_top([_Entry(m.parts, m.kind, Source("/".join(m.parts), None, m.offset, m.size)) for m in members])
     elif path.is_dir():
-        entries = _strip_single_top(_walk_folder(path))
+        walked = walk_folder(path)
+        _warn_outside_links(path, walked)
+        entries = _strip_single_top(walked)
         content_key = _folder_key(entries)
         cached = _load_cache(_cache_path(content_key, settings, data_dir), path)
         if cached is not None:
@@ -95,21 +102,71 @@ def load_image_folder(
 
 
 # --- finding the files -------------------------------------------------------------------------
-def _walk_folder(root: Path) -> list[_Entry]:
+def walk_folder(root: str | os.PathLike) -> list[_Entry]:
+    """Every entry under ``root``, depth first in name order, each typed by what it really is.
+
+    Symlinks policy (README, Safety): a link is followed, to a file or a folder, wherever it points;
+    one pointing outside ``root`` is recorded in ``outside`` so callers say so, naming it. A link
+    to a folder it is inside (a loop) is skipped, and a second link to a folder already walked is
+    reported, not walked again, so the walk always ends.
+    Only regular files are ever read: FIFOs, devices, sockets and broken links become "other"
+    entries whose ``reason`` says what they are (a FIFO would block a reader, /dev/zero never ends).
+    """
+    root = Path(root)
+    root_real = os.path.realpath(root)
+    walked = {root_real}  # real paths of folders already listed
     entries: list[_Entry] = []
 
-    def on_error(exc: OSError) -> None:
-        raise DataError(f"{exc.filename}: cannot list folder ({exc.strerror or exc})")
+    def visit(folder: str, rel: tuple[str, ...], ancestors: frozenset[str]) -> None:
+        try:
+            with os.scandir(folder) as listing:
+                items = sorted(listing, key=lambda item: item.name)
+        except OSError as exc:
+            raise DataError(f"{folder}: cannot list folder ({exc.strerror or exc})") from None
+        for item in items:
+            parts = (*rel, item.name)
+            source = Source("/".join(parts), item.path)
+            real = os.path.realpath(item.path) if item.is_symlink() else None
+            outside = real if real is not None and not _is_within(real, root_real) else None
+            try:
+                mode = os.stat(item.path).st_mode  # follows links
+            except OSError as exc:
+                reason = (f"cannot be read (a broken symbolic link to {os.readlink(item.path)})" if real is not None
+                          else f"cannot be read ({exc.strerror or exc})")
+                entries.append(_Entry(parts, "other", source, reason))
+                continue
+            if stat.S_ISDIR(mode):
+                target = real or os.path.realpath(item.path)
+                if real is not None and target in ancestors:
+                    continue  # a loop (a link to a folder it is inside): everything in it is read already
+                if real is not None and target in walked:  # plain folders cannot repeat; links can
+                    entries.append(_Entry(parts, "other", source, f"{FOLDER_READ_ALREADY} ({target}); not read twice"))
+                    continue
+                walked.add(target)
+                entries.append(_Entry(parts, "dir", source, outside=outside))
+                visit(item.path, parts, ancestors | {target})
+            elif stat.S_ISREG(mode):
+                entries.append(_Entry(parts, "file", source, outside=outside))
+            else:
+                reason = not_regular_reason(mode)
+                if real is not None:  # name the device or pipe the link leads to
+                    reason = f"is a symbolic link to {real}, which {reason}"
+                entries.append(_Entry(parts, "other", source, reason, outside))
 
-    for dirpath, dirnames, filenames in os.walk(root, onerror=on_error):
-        dirnames.sort()
-        rel = Path(dirpath).relative_to(root).parts
-        if rel:
-            entries.append(_Entry(tuple(rel), "dir"))
-        for name in sorted(filenames):
-            full = os.path.join(dirpath, name)
-            entries.append(_Entry((*rel, name), "file", Source("/".join((*rel, name)), full)))
+    visit(str(root), (), frozenset({root_real}))
     return entries
+
+
+def _is_within(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _warn_outside_links(root: Path, entries: list[_Entry]) -> None:
+    """Say which symlinks lead out of the folder: they are followed (README, Safety), never silently."""
+    links = [e for e in entries if e.outside is not None and e.kind != "other"]  # "other" ones are never read
+    if links:
+        shown = "; ".join(f"{e.source.name} -> {e.outside}" for e in links[:5]) + (" ..." if len(links) > 5 else "")
+        log.warning("%s: following %d symbolic link(s) that point outside the folder: %s", root, len(links), shown)
 
 
 def _folder_key(entries: list[_Entry]) -> str:
@@ -119,9 +176,8 @@ def _folder_key(entries: list[_Entry]) -> str:
         digest.update(("/".join(entry.parts) + "\0" + entry.kind + "\0").encode("utf-8", "surrogateescape"))
         if entry.kind == "file" and _is_image_name(entry.parts[-1]):
             try:
-                with open(entry.source.path, "rb") as handle:
-                    data = handle.read()
-            except OSError:
+                data = read_image_file(entry.source.path)  # bounded; never blocks on a swapped-in FIFO
+            except BadImage:
                 data = b"<unreadable>"  # reported when decoding; keeps the key deterministic
             digest.update(len(data).to_bytes(8, "little"))
             digest.update(data)
@@ -140,7 +196,7 @@ def _strip_single_top(entries: list[_Entry]) -> list[_Entry]:
     inner = [e for e in entries if len(e.parts) > 1]
     if any(e.kind != "dir" and len(e.parts) == 2 for e in inner):
         return entries  # files directly under the top folder: it is a class folder, keep it
-    return [_Entry(e.parts[1:], e.kind, e.source) for e in inner]
+    return [_Entry(e.parts[1:], e.kind, e.source, e.reason, e.outside) for e in inner]
 
 
 def _is_image_name(name: str) -> bool:
@@ -166,7 +222,7 @@ def _plan(entries: list[_Entry], root: Path) -> _Plan:
             raise DataError(f"{root}: has {', '.join(sorted(split_dirs))}/ but no train/ folder")
         if len(set(split_dirs.values())) != len(split_dirs):
             raise DataError(f"{root}: more than one folder names the same split ({', '.join(sorted(split_dirs))})")
-        by_split = {split: [_Entry(e.parts[1:], e.kind, e.source) for e in entries if e.parts[0] == d and len(e.parts) > 1]
+        by_split = {split: [_Entry(e.parts[1:], e.kind, e.source, e.reason, e.outside) for e in entries if e.parts[0] == d and len(e.parts) > 1]
                     for d, split in split_dirs.items()}
     else:
         by_split = {"train": entries}
@@ -187,10 +243,14 @@ def _plan(entries: list[_Entry], root: Path) -> _Plan:
                 problems.append(f"{prefix}{name}/: class folder not present in train/ (classes come from train/)")
                 continue
             for entry in folders[name]:
-                if entry.kind == "other":
+                if entry.kind == "other" and entry.reason is None:
                     problems.append(f"{entry.source.name}: is a link or device inside an archive; refusing to read it")
+                elif entry.kind == "dir":
+                    problems.append(f"{entry.source.name}: is a folder, not an image file (its name ends in {os.path.splitext(entry.parts[-1])[1]!r})")
                 elif not _is_image_name(entry.parts[-1]):
                     problems.append(f"{entry.source.name}: is not an image file (extension {os.path.splitext(entry.parts[-1])[1] or 'none'!r})")
+                elif entry.kind == "other":  # a FIFO, device or broken link named like an image: reported
+                    files.append((replace(entry.source, refused=entry.reason), index[name]))  # with the bad images
                 else:
                     files.append((entry.source, index[name]))
         plan.files[split] = files
@@ -205,8 +265,10 @@ def _class_folders(entries: list[_Entry], prefix: str, problems: list[str]) -> d
             folders.setdefault(e.parts[0], [])
         elif len(e.parts) > 1:
             folders.setdefault(e.parts[0], [])
-            if e.kind != "dir":
+            if e.kind != "dir" or _is_image_name(e.parts[-1]):  # a folder named x.jpg is reported
                 folders[e.parts[0]].append(e)
+        elif e.kind == "other" and (e.reason or "").startswith(FOLDER_READ_ALREADY):  # a class: said, not dropped
+            problems.append(f"{prefix}{e.parts[0]}: {e.reason}")
         # files directly in the root are not in any class (README, LICENSE...): ignored
     by_lower: dict[str, list[str]] = {}
     for name in sorted(folders):
@@ -217,7 +279,8 @@ def _class_folders(entries: list[_Entry], prefix: str, problems: list[str]) -> d
             for dup in names[1:]:
                 del folders[dup]
     for name in list(folders):
-        if not any(_is_image_name(e.parts[-1]) and e.kind == "file" for e in folders[name]):
+        # A FIFO or broken link named like an image counts: it is then reported by name, not as "empty".
+        if not any(_is_image_name(e.parts[-1]) and (e.kind == "file" or e.reason) for e in folders[name]):
             problems.append(f"{prefix}{name}/: class folder is empty (no image files)")
             del folders[name]
     return folders

@@ -41,6 +41,11 @@ def load_splits(
     ``limit_train``, so quick runs normalize like full ones) and are carried by val and test.
     """
     parts, name, is_cifar = _load_parts(spec, data_dir=data_dir, image_size=image_size, skip_bad=skip_bad)
+    for part in parts.values():
+        if part is not None:
+            part.classes = [printable_name(c) for c in part.classes]
+            if part.paths is not None:  # shown in reports beside the class names
+                part.paths = [printable_name(p) for p in part.paths]
     if image_size is not None and is_cifar and image_size != 32:
         log.info("image_size=%d ignored for %s (32x32); use the loader's resize_to", image_size, name)
     train, val, test = parts["train"], parts.get("val"), parts.get("test")
@@ -61,6 +66,19 @@ def load_splits(
         if part is not None:
             part.mean, part.std = mean, std
     return DataSplits(train=train, val=val, test=test, name=name)
+
+
+def printable_name(name: str) -> str:
+    """A class (folder) or file name every writer accepts: bytes that are not UTF-8 and control
+    characters become backslash escapes (folder ``b"caf\\xe9"`` -> class ``caf\\xe9``).
+
+    Python reads such a folder name as a lone surrogate, which no UTF-8 writer (JSON reports,
+    HTML, matplotlib's fonts) accepts; a newline would break one-line messages and CSV rows.
+    """
+    if name.isprintable():  # the usual case; a lone surrogate or a control character is not
+        return name
+    text = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
 
 
 def _load_parts(spec, *, data_dir, image_size, skip_bad) -> tuple[dict[str, ImageSet], str, bool]:

@@ -23,7 +23,7 @@ import torch
 
 from resnetlab.errors import CheckpointError
 from resnetlab.models.files import CHECKPOINT_KIND, load_checkpoint_dict
-from resnetlab.utils.atomic import atomic_write_with
+from resnetlab.utils.atomic import atomic_write_with, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,13 @@ class CheckpointManager:
         found = [(int(m.group(1)), p) for p in self.directory.iterdir() if (m := _LAST_RE.match(p.name))]
         return [p for _, p in sorted(found, reverse=True)]
 
+    def remove_stale_temporaries(self) -> None:
+        """Delete the partial files a process killed mid-save left behind (each as large as a checkpoint)."""
+        for path in remove_stale_temporaries(self.directory):
+            log.info("removed %s, a partial checkpoint left by an interrupted save", path)
+
     def save_last(self, checkpoint: dict) -> Path:
+        self.remove_stale_temporaries()
         path = save_checkpoint(checkpoint, self.directory / f"last-{int(checkpoint['step']):08d}.pt")
         for old in self.last_paths()[self.keep_last:]:
             old.unlink(missing_ok=True)
@@ -138,10 +144,18 @@ class CheckpointManager:
         return paths[0] if paths else None
 
     def load_newest_intact(self, map_location: str | torch.device = "cpu") -> tuple[dict, Path]:
-        """The newest ``last-*.pt`` that loads and is complete; logs every one skipped and why."""
-        paths = self.last_paths()
+        """The newest ``last-*.pt`` that loads and is complete; logs every one skipped and why.
+
+        ``best.pt`` holds the same complete state and is written just before the ``last-*.pt`` of
+        the same step, so when no ``last-*.pt`` is usable (a full disk at the first save) it is
+        the newest intact state, and the run continues from it rather than being lost.
+        """
+        self.remove_stale_temporaries()
+        paths = self.last_paths() + ([self.best_path] if self.best_path.is_file() else [])
         if not paths:
-            raise CheckpointError(f"{self.directory}: no last-*.pt checkpoint to resume from")
+            raise CheckpointError(f"{self.directory}: no last-*.pt checkpoint to resume from (the run stopped before its "
+                                  "first checkpoint): start it again with the same command without --resume; "
+                                  "a run directory without checkpoints is reused")
         problems = []
         for path in paths:
             try:

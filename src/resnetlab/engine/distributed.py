@@ -22,10 +22,11 @@ class DistInfo:
     rank: int = 0
     local_rank: int = 0
     world_size: int = 1
+    launched: bool = False  # started by torchrun: DDP even at world size 1 (one GPU, NCCL)
 
     @property
     def enabled(self) -> bool:
-        return self.world_size > 1
+        return self.world_size > 1 or self.launched
 
     @property
     def is_main(self) -> bool:
@@ -35,9 +36,12 @@ class DistInfo:
 def detect() -> DistInfo:
     """Rank/world size from torchrun's environment variables (a single process when absent)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    # torchrun marks its workers with TORCHELASTIC_RUN_ID; `torchrun --nproc_per_node=1` then still
+    # runs DDP (a one-GPU machine can only check NCCL that way: NCCL refuses two ranks on one GPU).
+    launched = "TORCHELASTIC_RUN_ID" in os.environ
+    if world <= 1 and not launched:
         return DistInfo()
-    return DistInfo(int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")), world)
+    return DistInfo(int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")), world, launched)
 
 
 def init(info: DistInfo, device: torch.device) -> None:

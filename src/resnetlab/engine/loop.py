@@ -73,6 +73,9 @@ class StepOptions:
     # statistics, and a class-weighted loss is each pass's weighted mean (close to, not exactly,
     # the batch's).
     micro_batch: int | None = None
+    # The model is compiled with CUDA graphs (model.compile: reduce-overhead): each step tells
+    # torch.compile a new iteration begins, so the previous step's graph outputs may be reused.
+    cudagraphs: bool = False
 
 
 @dataclass
@@ -101,6 +104,11 @@ def train_step(state: TrainState, x: torch.Tensor, y: torch.Tensor, options: Ste
     Returns ``{"step", "loss", "correct", "seen", "lr", "skipped", "probe"?}`` (global over processes).
     """
     model, optimizer, precision = state.model, state.optimizer, state.precision
+    if options.cudagraphs:
+        # CUDA-graph replays reuse their output memory; the mark says one training iteration ended
+        # here, which torch.compile would otherwise have to infer from the backward pass (e.g. with
+        # micro-batches, several forward/backward pairs make one step).
+        torch.compiler.cudagraph_mark_step_begin()
     lr = state.current_lr()
     set_lr(optimizer, lr)
     model.train()

@@ -86,8 +86,27 @@ def resolve_channels_last(value: bool | str, device: torch.device) -> bool:
     return bool(value)
 
 
-def resolve_compile(value: bool | str, device: torch.device) -> bool:
-    """``auto`` -> torch.compile on CUDA only: on the CPU it cost ~50 s and gained nothing (speed.md)."""
+def resolve_compile(value: bool | str, device: torch.device) -> bool | str:
+    """``auto`` -> torch.compile on CUDA only: on the CPU it cost ~50 s and gained nothing (speed.md).
+
+    ``reduce-overhead`` stays as it is (the mode passed to torch.compile) on CUDA and is refused
+    elsewhere: CUDA graphs exist only there, and silently training uncompiled would misreport speed.
+    """
     if value == "auto":
         return device.type == "cuda"
+    if value == COMPILE_CUDA_GRAPHS:
+        if device.type != "cuda":
+            raise ConfigError(f"config model.compile={value}: CUDA graphs need a CUDA device, and this run is on {device} "
+                              "(use model.compile=true or auto there)")
+        return value
     return bool(value)
+
+
+COMPILE_CUDA_GRAPHS = "reduce-overhead"  # torch.compile's mode that captures the compiled step as CUDA graphs
+
+
+def compile_model(model: torch.nn.Module, setting: bool | str) -> torch.nn.Module:
+    """``model`` compiled as a resolved ``model.compile`` says (False: unchanged)."""
+    if not setting:
+        return model
+    return torch.compile(model, mode=COMPILE_CUDA_GRAPHS if setting == COMPILE_CUDA_GRAPHS else None)

@@ -13,6 +13,13 @@ This is the one entry point behind ``resnetlab train`` and ``resnetlab finetune`
 - ``on_epoch_start(epoch, model, optimizer)``: called before each epoch (also a resumed partial
   one) with the unwrapped model, e.g. to unfreeze layers.
 - ``resume_from``: a run directory to continue from its newest intact checkpoint.
+- ``records``: extra text files (name -> content) written into a new run directory as it is
+  created (fine-tuning's ``finetune.json``).
+
+Everything that can be checked (config, model, data, batch size) is checked before the run
+directory is created, and it is created all at once, so a mistake leaves no stub behind. At the
+end the model file and ``summary.json`` are written before the evaluation report, whose failure
+is only a warning: a trained model is never lost to its report.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from resnetlab.config import TrainConfig, write_config
+from resnetlab.config import TrainConfig, check_model, config_text
 from resnetlab.engine import distributed
 from resnetlab.engine.checkpoint import CheckpointManager, capture_rng_state, is_better, restore_rng_state
 from resnetlab.engine.ema import create_ema
@@ -39,13 +46,15 @@ from resnetlab.engine.lookahead import Lookahead
 from resnetlab.engine.loop import EpochStats, NonFiniteStep, StepOptions, TrainState, evaluate, train_one_epoch
 from resnetlab.engine.optim import build_optimizer, param_groups as default_param_groups
 from resnetlab.engine.host_memory import keep_freed_memory, resolve_keep_host_memory
-from resnetlab.engine.precision import Precision, resolve_channels_last, resolve_compile, resolve_device, resolve_precision
+from resnetlab.engine.precision import (COMPILE_CUDA_GRAPHS, Precision, compile_model, resolve_channels_last, resolve_compile,
+                                        resolve_device, resolve_precision)
 from resnetlab.engine.progress import EpochProgress
 from resnetlab.engine.schedule import StepPlan, TrainErrorWarmup, lr_at
 from resnetlab.engine.signals import StopRequest, TrainingInterrupted
-from resnetlab.errors import CheckpointError, ConfigError, ResnetlabError
-from resnetlab.models.files import unwrap
-from resnetlab.runs import RunDir, default_run_dir
+from resnetlab.errors import CheckpointError, ConfigError, DataError, ResnetlabError
+from resnetlab.models.files import unwrap, update_model_extra
+from resnetlab.runs import RunDir, default_run_dir, environment_record
+from resnetlab.utils.atomic import remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 
@@ -79,13 +88,14 @@ def train(
     param_groups: list[dict] | None = None,
     on_epoch_start: Callable[[int, nn.Module, torch.optim.Optimizer], None] | None = None,
     resume_from: str | Path | None = None,
+    records: dict[str, str] | None = None,
 ) -> TrainResult:
     """Train per ``config`` and write the run directory; see the module docstring."""
     info = distributed.detect()
     device = resolve_device(config.device, info.local_rank)
     distributed.init(info, device)
     try:
-        return _Trainer(config, info, device).run(model, splits, param_groups, on_epoch_start, resume_from)
+        return _Trainer(config, info, device).run(model, splits, param_groups, on_epoch_start, resume_from, records)
     finally:
         distributed.shutdown(info)
 
@@ -114,11 +124,14 @@ class _Trainer:
         self.last_checkpoint: Path | None = None
 
     # ------------------------------------------------------------------ setup
-    def run(self, model, splits, param_groups, on_epoch_start, resume_from) -> TrainResult:
+    def run(self, model, splits, param_groups, on_epoch_start, resume_from, records=None) -> TrainResult:
         cfg = self.cfg
-        checkpoint = self._open_run_dir(resume_from)
+        checkpoint = self._open_resumed(resume_from) if resume_from is not None else None
+        if model is None and checkpoint is None:
+            check_model(cfg)  # before the data loads, which can take minutes
         _seed_everything(cfg.seed)
         splits = splits if splits is not None else _load_splits(cfg)
+        _check_classes(splits.train, cfg.data.spec)
         raw = self._prepare_model(model, splits, fresh=checkpoint is None)
         self.raw = raw
         self._build_loaders(splits, raw)
@@ -127,8 +140,7 @@ class _Trainer:
         ema = create_ema(raw, cfg.ema_decay)
         lookahead = Lookahead(raw, cfg.optim.lookahead_steps, cfg.optim.lookahead_alpha) if cfg.optim.lookahead_steps else None
         wrapped = distributed.wrap(raw, self.info, self.device, cfg.sync_bn)
-        if cfg.model.compile:
-            wrapped = torch.compile(wrapped)
+        wrapped = compile_model(wrapped, cfg.model.compile)
         plan = StepPlan(total_steps=self.total_steps, steps_per_epoch=self.steps_per_epoch)
         sched = cfg.schedule
         self.state = TrainState(
@@ -148,9 +160,12 @@ class _Trainer:
             probe_steps=frozenset(cfg.log_grad_norms),
             dist=self.info,
             micro_batch=cfg.micro_batch,
+            cudagraphs=cfg.model.compile == COMPILE_CUDA_GRAPHS,
         )
         if checkpoint is not None:
             self._restore(checkpoint)
+        else:
+            self._create_run_dir(records or {})  # only now: every check above has passed
         self.tb = _tensorboard(self.run_dir.path) if cfg.tensorboard and self.info.is_main else None
         self.start_time = time.perf_counter()
         try:
@@ -170,31 +185,32 @@ class _Trainer:
                 self.tb.close()
         return self._finish(splits)
 
-    def _open_run_dir(self, resume_from) -> dict | None:
+    def _open_resumed(self, resume_from) -> dict:
         cfg = self.cfg
-        if resume_from is not None:
-            self.run_dir = RunDir(resume_from)
-            manager = CheckpointManager(self.run_dir.checkpoints, cfg.keep_last)
-            checkpoint, path = manager.load_newest_intact(map_location="cpu")
-            log.info("resuming %s from %s (step %d)", self.run_dir.path, path.name, checkpoint["step"])
-            self.last_checkpoint = path
-            self.manager = manager
-            if self.info.is_main:
-                self.run_dir.truncate_metrics(checkpoint["epoch"])  # rows count epochs from 1
-                self.run_dir.truncate_jsonl("steps.jsonl", checkpoint["step"])
-                self.run_dir.truncate_jsonl("grad_norms.jsonl", checkpoint["step"])
-            return checkpoint
+        self.run_dir = RunDir(resume_from)
+        manager = CheckpointManager(self.run_dir.checkpoints, cfg.keep_last)
+        checkpoint, path = manager.load_newest_intact(map_location="cpu")
+        log.info("resuming %s from %s (step %d)", self.run_dir.path, path.name, checkpoint["step"])
+        self.last_checkpoint = path
+        self.manager = manager
+        if self.info.is_main:
+            remove_stale_temporaries(self.run_dir.path)  # e.g. a model file cut short by a kill
+            self.run_dir.truncate_metrics(checkpoint["epoch"])  # rows count epochs from 1
+            self.run_dir.truncate_jsonl("steps.jsonl", checkpoint["step"])
+            self.run_dir.truncate_jsonl("grad_norms.jsonl", checkpoint["step"])
+        return checkpoint
+
+    def _create_run_dir(self, records: dict[str, str]) -> None:
+        cfg = self.cfg
         path = cfg.run_dir or str(default_run_dir(cfg.model.name, cfg.name))
         path = distributed.broadcast_object(path, self.info)  # one name even with a timestamp
         self.run_dir = RunDir(path)
         if self.info.is_main:
-            self.run_dir.create()
             cfg.run_dir = str(path)
-            write_config(cfg, self.run_dir.config_path)
-            self.run_dir.write_env(str(self.device), cfg.seed, self.info.world_size)
+            env = environment_record(str(self.device), cfg.seed, self.info.world_size)
+            self.run_dir.create({"config.yaml": config_text(cfg), "env.json": RunDir.json_text(env), **records})
         distributed.barrier(self.info)
         self.manager = CheckpointManager(self.run_dir.checkpoints, cfg.keep_last)
-        return None
 
     def _prepare_model(self, model: nn.Module | None, splits, fresh: bool) -> nn.Module:
         cfg = self.cfg
@@ -411,10 +427,9 @@ class _Trainer:
         test_set, split_name = (splits.test, "test") if splits.test is not None else (splits.val, "val")
         if splits.test is None:
             log.warning("the data has no test split: the final evaluation uses the validation split, which also chose the best epoch (optimistic)")
+        # The model file and summary come first: whatever the evaluation below does, the trained
+        # model is on disk, and a --resume after a crash there has nothing left to repeat.
         test_acc = None
-        if test_set is not None and len(test_set) > 0:
-            test_acc = self._final_evaluation(model, test_set, split_name)
-        result.model, result.test_acc, result.test_split = model, test_acc, split_name
         extra = {
             "run_name": self.run_dir.path.name,
             "recipe": cfg.recipe,
@@ -451,7 +466,17 @@ class _Trainer:
             **_peak_memory(self.device),
         }
         self.run_dir.write_json("summary.json", summary)
-        self.run_dir.plot_curves(rows)
+        if test_set is not None and len(test_set) > 0:
+            test_acc, report_error = self._final_evaluation(model, test_set, split_name)
+            summary.update(test_acc=test_acc, **_peak_memory(self.device), **({"eval_error": report_error} if report_error else {}))
+            if test_acc is not None:
+                update_model_extra(self.run_dir.path / "model.safetensors", {"test_acc": test_acc})
+            self.run_dir.write_json("summary.json", summary)
+        try:
+            self.run_dir.plot_curves(rows)
+        except Exception as exc:  # noqa: BLE001 - a picture must not fail a finished run
+            log.warning("curves.png was not written (%s)", _reason(exc))
+        result.model, result.test_acc, result.test_split = model, test_acc, split_name
         result.summary = summary
         print(f"done: best val acc {_pct(self.best['val_acc'])}, {split_name} acc {_pct(test_acc)} -> {self.run_dir.path}", flush=True)
         distributed.barrier(self.info)
@@ -472,8 +497,12 @@ class _Trainer:
             model.load_state_dict(source["model"])
         return model
 
-    def _final_evaluation(self, model: nn.Module, test_set, split_name: str) -> float | None:
-        """Evaluate the held-out split once: the evaluation report when available, else plain accuracy."""
+    def _final_evaluation(self, model: nn.Module, test_set, split_name: str) -> tuple[float | None, str | None]:
+        """Evaluate the held-out split once: the evaluation report when available, else plain accuracy.
+
+        Returns ``(accuracy, why the report failed or None)``. The model is already saved, so a
+        failure here is a warning: the report falls back to plain accuracy, and that to None.
+        """
         cfg = self.cfg
         evaluate_model = None
         if cfg.eval_report:
@@ -481,15 +510,25 @@ class _Trainer:
                 from resnetlab.evaluation import evaluate_model
             except ImportError:  # the evaluation package is optional for the engine
                 evaluate_model = None
+        report_error = None
         if evaluate_model is not None:
             context = {"run": self.run_dir.path.name, "split": split_name, "recipe": cfg.recipe, "data": cfg.data.spec}
-            report = evaluate_model(model, test_set, self.run_dir.eval_dir, device=str(self.device), batch_size=cfg.eval_batch_size, tta=cfg.tta, context=context)
-            return _accuracy_from_report(report)
+            try:
+                report = evaluate_model(model, test_set, self.run_dir.eval_dir, device=str(self.device), batch_size=cfg.eval_batch_size, tta=cfg.tta, context=context)
+                return _accuracy_from_report(report), None
+            except Exception as exc:  # noqa: BLE001 - any report bug or disk problem; the model is safe
+                report_error = _reason(exc)
+                log.warning("warning: the evaluation report failed (%s); the model file and summary.json are saved; "
+                            "retry the report with: resnetlab evaluate %s", report_error, self.run_dir.path)
         from resnetlab.data import DeviceLoader
 
-        loader = DeviceLoader(test_set, cfg.eval_batch_size, train=False, device=self.device, mean=model.meta.mean, std=model.meta.std,
-                              resize_to=self.image_size)
-        return evaluate(model, loader.epoch(0), self.precision)["acc"]
+        try:
+            loader = DeviceLoader(test_set, cfg.eval_batch_size, train=False, device=self.device, mean=model.meta.mean, std=model.meta.std,
+                                  resize_to=self.image_size)
+            return evaluate(model, loader.epoch(0), self.precision)["acc"], report_error
+        except Exception as exc:  # noqa: BLE001 - same reason as above
+            log.warning("warning: the %s accuracy could not be measured (%s); the model file is saved", split_name, _reason(exc))
+            return None, report_error or _reason(exc)
 
 
 # ---------------------------------------------------------------------- helpers
@@ -520,6 +559,18 @@ def _first_batch(train_set, model: nn.Module, device: torch.device, cfg: TrainCo
                           channels_last=cfg.model.channels_last, resize_to=_train_size(cfg, train_set))
     x, _ = next(iter(loader.epoch(0)))
     return x
+
+
+def _check_classes(train_set, spec) -> None:
+    """A classifier needs two classes; one would train (loss 0) and only fail in the final report."""
+    if train_set.num_classes < 2:
+        found = f"only {train_set.classes[0]!r}" if train_set.classes else "none"
+        raise DataError(f"DATA {spec}: a classifier needs at least 2 classes (class folders), found {found}")
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
 def _train_size(cfg: TrainConfig, train_set) -> tuple[int, int]:

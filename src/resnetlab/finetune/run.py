@@ -25,7 +25,6 @@ from resnetlab.errors import ConfigError
 from resnetlab.finetune.adapt import STEM_INITS, KeyReport, build_model
 from resnetlab.finetune.sources import SourceWeights, load_source
 from resnetlab.finetune.strategy import FineTuneSchedule, StrategyConfig
-from resnetlab.utils.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -128,13 +127,14 @@ def finetune(config: TrainConfig, options: FinetuneOptions, *, splits=None):
     prepared = _prepare(model, config, options, source, keys, keep_grads=detect().enabled)
 
     run_dir = RunDir(config.run_dir or default_run_dir(f"{model.meta.name}-ft", config.name))
-    if run_dir.config_path.exists():
+    if run_dir.holds_run():  # checked again as the engine creates it; this is only the early answer
         raise ConfigError(f"run directory {run_dir.path} already holds a run: continue it with --resume {run_dir.path} or choose another --run-dir")
     config.run_dir = str(run_dir.path)
     if detect().is_main:
-        _write_records(run_dir.path, options, prepared)
         _print_plan(prepared, config)
-    return train(config, model=prepared.model, splits=splits, param_groups=prepared.schedule.groups, on_epoch_start=prepared.on_epoch_start)
+    # The records go into the run directory as the engine creates it, after its checks have passed.
+    return train(config, model=prepared.model, splits=splits, param_groups=prepared.schedule.groups, on_epoch_start=prepared.on_epoch_start,
+                 records=_records(options, prepared))
 
 
 def resume(run_dir: str | Path, config: TrainConfig | None = None, *, splits=None):
@@ -143,7 +143,8 @@ def resume(run_dir: str | Path, config: TrainConfig | None = None, *, splits=Non
     from resnetlab.engine.checkpoint import CheckpointManager
     from resnetlab.engine import train
     from resnetlab.engine.distributed import detect
-    from resnetlab.models.registry import ModelMeta, create_model
+    from resnetlab.models.metadata import validate_meta
+    from resnetlab.models.registry import create_model
 
     run_dir = Path(run_dir)
     record = run_dir / OPTIONS_FILE
@@ -153,7 +154,7 @@ def resume(run_dir: str | Path, config: TrainConfig | None = None, *, splits=Non
     config = config if config is not None else read_config(run_dir / "config.yaml")
     # Only the architecture is needed: the engine loads the weights from the same checkpoint.
     checkpoint, _ = CheckpointManager(run_dir / "checkpoints").load_newest_intact(map_location="cpu")
-    meta = ModelMeta.from_dict(checkpoint["meta"])
+    meta = validate_meta(checkpoint.get("meta"), run_dir / "checkpoints")
     model = create_model(meta.name, num_classes=meta.num_classes, **meta.options)
     model.meta = meta
     prepared = _prepare(model, config, options, None, None, keep_grads=detect().enabled)
@@ -232,8 +233,8 @@ def _check_input_size(model: nn.Module, height: int) -> None:
         )
 
 
-def _write_records(path: Path, options: FinetuneOptions, prepared: Prepared) -> None:
-    path.mkdir(parents=True, exist_ok=True)
+def _records(options: FinetuneOptions, prepared: Prepared) -> dict[str, str]:
+    """finetune.json and finetune_keys.json (name -> text) for the new run directory."""
     record = {
         "options": options.to_dict(),
         "source": prepared.source.describe() if prepared.source else None,
@@ -241,9 +242,10 @@ def _write_records(path: Path, options: FinetuneOptions, prepared: Prepared) -> 
         "unfreeze_plan": [{"epoch": e, "stages": s} for e, s in prepared.schedule.unfreeze_epochs(1000)][:32],
         "keys": {k: len(v) for k, v in prepared.keys.to_dict().items()} if prepared.keys else None,
     }
-    atomic_write_text(path / OPTIONS_FILE, json.dumps(record, indent=2) + "\n")
+    records = {OPTIONS_FILE: json.dumps(record, indent=2) + "\n"}
     if prepared.keys is not None:
-        atomic_write_text(path / KEYS_FILE, json.dumps(prepared.keys.to_dict(), indent=1) + "\n")
+        records[KEYS_FILE] = json.dumps(prepared.keys.to_dict(), indent=1) + "\n"
+    return records
 
 
 def _print_plan(prepared: Prepared, config: TrainConfig) -> None:

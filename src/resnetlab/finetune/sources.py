@@ -5,7 +5,10 @@ A SOURCE is one of
 - a torchvision or timm ResNet ``state_dict`` file (``.pth``/``.pt``/``.bin``, read with
   ``torch.load(weights_only=True)`` so no pickled code can run) or a plain ``.safetensors`` file;
 - named weights ``torchvision:resnet50.IMAGENET1K_V2`` or ``timm:resnet50.a1_in1k``, fetched through
-  those libraries' own APIs (their caches make a second use offline).
+  those libraries' own APIs (their caches make a second use offline);
+- a checkpoint of akamaster/pytorch_resnet_cifar10 (``.th``) or kuangliu/pytorch-cifar, recognised
+  by :mod:`resnetlab.models.importers` (which also refuses what cannot be imported exactly);
+  ``FORMAT:PATH`` (e.g. ``akamaster:weights.pth``) names the format where the keys cannot show it.
 
 torchvision and timm ResNets share module names (conv1, bn1, layer1..4, fc), and resnetlab's
 ImageNet ResNets use the same names, so their state dicts map key for key.
@@ -14,30 +17,31 @@ ImageNet ResNets use the same names, so their state dicts map key for key.
 from __future__ import annotations
 
 import json
-import re
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from resnetlab.errors import CheckpointError, ConfigError
+from resnetlab.errors import CheckpointError, ConfigError, strip_unsafe_advice
+from resnetlab.models.importers import (  # noqa: F401 - re-exported: the state-dict rules live there, once
+    KEY_PREFIXES,
+    RESNET_LAYOUTS,
+    WRAPPER_KEYS,
+    Imported,
+    check_not_variant,
+    describe_layout,
+    infer_resnet_architecture,
+    read_weights_file,
+    recognise,
+    split_format_prefix,
+    stem_kernel as _stem_kernel,
+    unwrap_state_dict,
+)
+from resnetlab.models.importers import TORCH_SUFFIXES as STATE_DICT_SUFFIXES
 from resnetlab.models.registry import IMAGENET_MEAN, IMAGENET_STD, ModelMeta
 
-# Wrappers training scripts put around a state dict ({"state_dict": ...} in Lightning and timm's
-# train.py, {"model": ...} in torchvision's references and DeiT), tried in this order.
-WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "state_dict_ema", "model_ema", "net", "module")
-# Prefixes DDP, torch.compile and Lightning add to every key.
-KEY_PREFIXES = ("module.", "_orig_mod.", "model.")
-STATE_DICT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar")
-
-# (block, blocks per stage) -> registered name; He et al. 2016, Table 1.
-RESNET_LAYOUTS = {
-    ("basic", (2, 2, 2, 2)): "resnet18",
-    ("basic", (3, 4, 6, 3)): "resnet34",
-    ("bottleneck", (3, 4, 6, 3)): "resnet50",
-    ("bottleneck", (3, 4, 23, 3)): "resnet101",
-    ("bottleneck", (3, 8, 36, 3)): "resnet152",
-}
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -81,10 +85,9 @@ class SourceWeights:
 
 def load_source(source: str | Path) -> SourceWeights:
     """Resolve ``--from SOURCE`` (see the module docstring) into weights on the CPU."""
-    text = str(source)
-    match = re.match(r"^(torchvision|timm):(.+)$", text)
-    if match:
-        return fetch_named(match.group(1), match.group(2))
+    source_format, text = split_format_prefix(source)
+    if source_format in ("torchvision", "timm") and not Path(text).expanduser().exists():
+        return fetch_named(source_format, text)
     path = Path(text).expanduser()
     if not path.exists():
         raise CheckpointError(
@@ -93,14 +96,14 @@ def load_source(source: str | Path) -> SourceWeights:
         )
     if path.is_dir() and not (path / "model.safetensors").exists() and (path / "checkpoints" / "best.pt").is_file():
         return _from_torch_file(path / "checkpoints" / "best.pt")  # a run stopped before writing its model file
-    if path.is_dir() or _has_resnetlab_sidecar(path):
+    if source_format is None and (path.is_dir() or _has_resnetlab_sidecar(path)):
         return _from_resnetlab_model(path)
     if path.suffix == ".safetensors":
-        return _finish(_read_safetensors(path), origin=text, kind="state-dict")
-    if path.suffix in STATE_DICT_SUFFIXES:
-        return _from_torch_file(path)
+        return _from_state(_read_safetensors(path), path, source_format)
+    if path.suffix in STATE_DICT_SUFFIXES or source_format:
+        return _from_torch_file(path, source_format)
     raise CheckpointError(
-        f"--from {text}: unrecognised file type {path.suffix!r} (expected .pth/.pt/.bin/.ckpt, .safetensors, or a run directory)"
+        f"--from {text}: unrecognised file type {path.suffix!r} (expected .pth/.pt/.bin/.ckpt/.th, .safetensors, or a run directory)"
     )
 
 
@@ -206,8 +209,10 @@ def _has_resnetlab_sidecar(path: Path) -> bool:
 def _from_resnetlab_model(path: Path) -> SourceWeights:
     from resnetlab.models.files import read_model_info, resolve_model_path
 
+    from resnetlab.models.metadata import validate_meta
+
     weights_path = resolve_model_path(path)
-    meta = ModelMeta.from_dict(read_model_info(weights_path)["meta"])
+    meta = validate_meta(read_model_info(weights_path).get("meta"), weights_path.with_suffix(".json"))
     return _resnetlab_source(_read_safetensors(weights_path), meta, str(path))
 
 
@@ -236,49 +241,48 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: corrupt or truncated safetensors file ({_first_line(exc)})") from exc
 
 
-def _from_torch_file(path: Path) -> SourceWeights:
+def _from_torch_file(path: Path, source_format: str | None = None) -> SourceWeights:
     from resnetlab.models.files import CHECKPOINT_KIND
 
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # UnpicklingError for code-carrying pickles; RuntimeError/EOFError for truncation
-        raise CheckpointError(
-            f"{path}: refused to load ({type(exc).__name__}: {_first_line(exc)}). Only plain tensors and "
-            "containers are accepted (torch.load weights_only=True); re-save the file as a state_dict"
-        ) from exc
+    payload = read_weights_file(path)  # weights_only=True: no pickled code runs
     if isinstance(payload, dict) and payload.get("kind") == CHECKPOINT_KIND:
         if not isinstance(payload.get("model"), dict) or not isinstance(payload.get("meta"), dict):
             raise CheckpointError(f"{path}: resnetlab checkpoint without 'model' and 'meta' entries")
-        return _resnetlab_source(dict(payload["model"]), ModelMeta.from_dict(payload["meta"]), str(path))
+        from resnetlab.models.metadata import validate_meta
+
+        return _resnetlab_source(dict(payload["model"]), validate_meta(payload["meta"], path), str(path))
+    return _from_state(payload, path, source_format)
+
+
+def _from_state(payload, path: Path, source_format: str | None) -> SourceWeights:
+    """An outside file: an importer's format when one is recognised or named (or its refusal), else
+    a torchvision-style state dict whose architecture is inferred from its keys."""
+    imported = recognise(payload, str(path), source_format)
+    if imported is not None and (source_format or imported.format not in ("torchvision", "timm")):
+        log.info("%s", imported.summary())
+        return _imported_source(imported)
     return _finish(unwrap_state_dict(payload, path), origin=str(path), kind="state-dict")
 
 
-def unwrap_state_dict(payload, path: Path | str = "<state dict>") -> dict[str, torch.Tensor]:
-    """The tensor mapping inside a saved object: unwrap ``{"state_dict": ...}``-style wrappers and
-    strip the ``module.``/``_orig_mod.`` prefixes DDP and torch.compile add."""
-    for _ in range(3):  # wrappers nest at most a couple of levels in practice
-        if isinstance(payload, dict) and not _is_state_dict(payload):
-            inner = next((payload[k] for k in WRAPPER_KEYS if isinstance(payload.get(k), dict)), None)
-            if inner is None:
-                break
-            payload = inner
-    if not isinstance(payload, dict) or not _is_state_dict(payload):
-        shown = sorted(map(str, payload))[:6] if isinstance(payload, dict) else type(payload).__name__
-        raise CheckpointError(f"{path}: no state dict of tensors found (top-level entries: {shown})")
-    state = {str(k): v for k, v in payload.items() if isinstance(v, torch.Tensor)}
-    for prefix in KEY_PREFIXES:
-        if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
-    return state
-
-
-def _is_state_dict(payload: dict) -> bool:
-    tensors = sum(isinstance(v, torch.Tensor) for v in payload.values())
-    return tensors > 0 and tensors >= len(payload) // 2
+def _imported_source(imported: Imported) -> SourceWeights:
+    return SourceWeights(
+        state_dict=imported.state_dict,
+        origin=imported.origin,
+        kind=imported.format,
+        architecture=imported.architecture,
+        options=dict(imported.options),  # e.g. shortcut_pad="split": part of the architecture, kept by build_model
+        classifier="fc",
+        mean=tuple(imported.mean),
+        std=tuple(imported.std),
+        normalization_note=imported.normalization_note,
+        input_size=imported.input_size,
+        classes=imported.classes,
+    )
 
 
 def _finish(state: dict, *, origin: str, kind: str, mean=IMAGENET_MEAN, std=IMAGENET_STD, note: str = "", classifier: str = "fc") -> SourceWeights:
     """A torchvision/timm-style ResNet state dict: infer the architecture from its keys."""
+    check_not_variant(state, origin)  # timm's resnet50d has resnet50's stage layout but computes another function
     if not note:
         # A bare state dict carries no preprocessing record; torchvision and timm ResNets are
         # ImageNet-trained with these statistics, so they are the right default.
@@ -296,37 +300,6 @@ def _finish(state: dict, *, origin: str, kind: str, mean=IMAGENET_MEAN, std=IMAG
     )
 
 
-def infer_resnet_architecture(state: dict[str, torch.Tensor]) -> str | None:
-    """``resnet18``... from a torchvision-style ResNet state dict, or None when the layout is not one."""
-    blocks = []
-    for stage in range(1, 5):
-        indices = {int(m.group(1)) for k in state if (m := re.match(rf"^layer{stage}\.(\d+)\.", k))}
-        if not indices:
-            return None
-        blocks.append(max(indices) + 1)
-    block = "bottleneck" if "layer1.0.conv3.weight" in state else "basic"
-    width = state.get("layer1.0.conv1.weight")
-    if width is None or int(width.shape[0]) != 64:  # wide_resnet50_2 and friends: not registered
-        return None
-    return RESNET_LAYOUTS.get((block, tuple(blocks)))
-
-
-def describe_layout(state: dict[str, torch.Tensor]) -> str:
-    """A short human description of a ResNet-like state dict, for error messages."""
-    blocks = []
-    for stage in range(1, 5):
-        indices = {int(m.group(1)) for k in state if (m := re.match(rf"^layer{stage}\.(\d+)\.", k))}
-        if indices:
-            blocks.append(str(max(indices) + 1))
-    block = "bottleneck" if any(".conv3." in k for k in state) else "basic"
-    return f"{block} blocks {'-'.join(blocks)}" if blocks else f"{len(state)} tensors, not a ResNet layout"
-
-
-def _stem_kernel(state: dict[str, torch.Tensor]) -> int | None:
-    weight = state.get("conv1.weight")
-    return int(weight.shape[-1]) if weight is not None and weight.ndim == 4 else None
-
-
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
+    text = strip_unsafe_advice(str(exc).strip())  # a fetched file refused by weights_only: no unsafe advice
     return text.splitlines()[0] if text else type(exc).__name__

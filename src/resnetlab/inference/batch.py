@@ -6,6 +6,7 @@ import csv
 import glob
 import io
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,10 @@ import torch
 from resnetlab.errors import ConfigError, DataError
 from resnetlab.inference.preprocess import IMAGE_EXTENSIONS, image_to_array
 from resnetlab.utils.atomic import atomic_write_text
+from resnetlab.utils.regular_files import FileRefused, not_regular_reason, read_regular_file
+
+log = logging.getLogger(__name__)
+BATCH_BYTES = 256 << 20  # most float32 input bytes predict_files normalizes at once
 
 
 @dataclass
@@ -38,7 +43,11 @@ def collect_inputs(inputs: Iterable[str | os.PathLike]) -> list[tuple[str, str |
 
     Files named explicitly are kept whatever their extension (so a mistake is reported, not hidden);
     a name that matches nothing yields an error entry. Order: as given, folders/globs sorted.
+    Only regular files are read: a FIFO, device or folder named like an image gets an error entry
+    saying what it is. Folders are walked as training walks them (``resnetlab.data.folders.walk_folder``:
+    symlinks followed, a warning naming those that lead outside the folder).
     """
+    from resnetlab.data.folders import walk_folder
     seen: set[str] = set()
     items: list[tuple[str, str | None]] = []
 
@@ -51,22 +60,42 @@ def collect_inputs(inputs: Iterable[str | os.PathLike]) -> list[tuple[str, str |
         text = str(raw)
         path = Path(text)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-            if not found:
+            walked = walk_folder(path)
+            entries = [e for e in walked if os.path.splitext(e.parts[-1])[1].lower() in IMAGE_EXTENSIONS]
+            if not any(e.kind == "file" for e in entries):
                 add(text, f"{text}: folder holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
-            for p in found:
-                add(str(p))
+            outside = [e for e in walked if e.outside is not None and e.kind != "other"]  # "other" ones are not read
+            if outside:  # followed (README, Safety), but never silently
+                log.warning("%s: following %d symbolic link(s) that point outside the folder: %s", text, len(outside),
+                            "; ".join(f"{os.path.join(text, e.source.name)} -> {e.outside}" for e in outside[:5]))
+            for e in sorted(entries, key=lambda e: e.parts):
+                full = str(path.joinpath(*e.parts))
+                if e.kind == "file":
+                    add(full)
+                elif e.kind == "dir":
+                    add(full, f"{full}: is a folder, not an image file")
+                else:
+                    add(full, f"{full}: {e.reason}")
         elif path.is_file():
             add(text)
+        elif path.exists():  # a FIFO, device or socket named on the command line
+            add(text, f"{text}: {not_regular_reason(path.stat().st_mode)}")
         elif glob.has_magic(text):
-            matches = sorted(m for m in glob.glob(text, recursive=True) if Path(m).is_file())
+            matches = sorted(m for m in glob.glob(text, recursive=True) if not Path(m).is_dir())
             if not matches:
                 add(text, f"{text}: pattern matches no files")
             for m in matches:
-                add(m)
+                add(m, None if Path(m).is_file() else f"{m}: {_not_a_file(m)}")
         else:
             add(text, f"{text}: no such file or folder")
     return items
+
+
+def _not_a_file(path: str) -> str:
+    try:
+        return not_regular_reason(os.stat(path).st_mode)
+    except OSError as exc:  # a broken symbolic link
+        return f"cannot be read ({exc.strerror or exc})"
 
 
 def _batches(items: list, size: int) -> Iterator[list]:
@@ -84,6 +113,10 @@ def predict_files(predictor, inputs: Iterable[str | os.PathLike], *, top_k: int 
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
     if top_k < 1:
         raise ConfigError(f"--top-k must be at least 1, got {top_k}")
+    # Large inputs (input_size may be up to 4096x4096) in smaller batches: the normalized float batch
+    # alone would be 64 x 200 MB at that size.
+    height, width = predictor.image_size
+    batch_size = max(1, min(batch_size, BATCH_BYTES // (height * width * 3 * 4)))
     results: list[FileResult] = []
     for chunk in _batches(collect_inputs(inputs), batch_size):
         arrays, ok = [], []
@@ -91,7 +124,8 @@ def predict_files(predictor, inputs: Iterable[str | os.PathLike], *, top_k: int 
             result = FileResult(path=path, error=error)
             if error is None:
                 try:
-                    arrays.append(image_to_array(path, predictor.image_size, max_pixels=predictor.max_pixels))
+                    data = _read(path)
+                    arrays.append(image_to_array(data, predictor.image_size, name=path, max_pixels=predictor.max_pixels))
                     ok.append(result)
                 except DataError as exc:
                     result.error = str(exc)
@@ -105,6 +139,16 @@ def predict_files(predictor, inputs: Iterable[str | os.PathLike], *, top_k: int 
             for result, row in zip(ok, predictor.top_k(torch.softmax(logits, dim=1), top_k)):
                 result.top_k = row
     return results
+
+
+def _read(path: str) -> bytes:
+    """The file's bytes, read only if it is (still) a regular file, and at most MAX_FILE_BYTES of them."""
+    from resnetlab.data.decode import MAX_FILE_BYTES
+
+    try:
+        return read_regular_file(path, MAX_FILE_BYTES)
+    except FileRefused as exc:
+        raise DataError(f"{path}: {exc}") from None
 
 
 # ---- writing results ------------------------------------------------------------------------------

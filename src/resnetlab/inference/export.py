@@ -31,7 +31,7 @@ import torch.nn as nn
 
 from resnetlab.errors import CheckpointError, ConfigError
 from resnetlab.inference.predictor import ONNX_META_KEY
-from resnetlab.utils.atomic import atomic_write_bytes, atomic_write_text
+from resnetlab.utils.atomic import atomic_write_bytes, atomic_write_text, check_output_path
 
 log = logging.getLogger(__name__)
 
@@ -69,12 +69,21 @@ def default_output(model_path: str | os.PathLike, fmt: str) -> Path:
 def export_model(model_path: str | os.PathLike, fmt: str, output: str | os.PathLike | None = None, *,
                  opset: int = DEFAULT_OPSET, atol: float = DEFAULT_ATOL, exporter: str = "legacy") -> ExportResult:
     """Load a run directory / model file / checkpoint and export it (see module docstring)."""
-    from resnetlab.models.files import load_trained_model
+    from resnetlab.models.files import model_source_files
+    from resnetlab.models.importers import load_any_model
 
     if fmt not in FORMATS:
         raise ConfigError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
-    model = load_trained_model(model_path, map_location="cpu")
     output = Path(output) if output else default_output(model_path, fmt)
+    # Checked before any work: `-o RUN/model` would otherwise replace RUN/model.json with the ONNX sidecar.
+    protected = model_source_files(model_path)
+    suffix = ".onnx" if fmt == "onnx" else ".torchscript.pt"
+    check_output_path(output, protected, example=f"model{suffix}")
+    if fmt == "onnx":
+        sidecar = output.with_name(output.name + ".json")
+        check_output_path(sidecar, protected, label=f"--output {output} (its metadata goes to {sidecar})")
+    # An outside checkpoint (akamaster .th, ...) is imported exactly or refused, like evaluate/predict/serve do.
+    model = load_any_model(model_path, map_location="cpu")
     if fmt == "onnx":
         return export_onnx(model, output, opset=opset, atol=atol, exporter=exporter,
                            extra={"source": str(model_path), **getattr(model, "extra", {})})

@@ -57,18 +57,21 @@ class Predictor:
     # ---- construction -------------------------------------------------------------------------
 
     @classmethod
-    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> "Predictor":
-        """Load a run directory, a ``.safetensors`` model file, a ``.pt`` checkpoint or an ``.onnx`` file."""
-        path = Path(path)
-        if path.suffix.lower() == ".onnx":
+    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu", source_format: str | None = None) -> "Predictor":
+        """Load a run directory, a ``.safetensors`` model file, a ``.pt`` checkpoint, an ``.onnx`` file, or an
+        outside checkpoint (akamaster, kuangliu, torchvision, timm: see :mod:`resnetlab.models.importers`;
+        ``source_format`` or a ``FORMAT:PATH`` prefix names the format where the keys cannot)."""
+        from resnetlab.models.importers import load_any_model, split_format_prefix
+
+        source_format, text = split_format_prefix(path, source_format)
+        path = Path(text)
+        if path.suffix.lower() == ".onnx" and source_format is None:
             return cls.from_onnx(path, device=device)
         if path.name.endswith(".torchscript.pt"):
             raise CheckpointError(f"{path}: TorchScript exports are for other runtimes (torch.jit.load, libtorch); "
                                   "give resnetlab the run directory, model file or the .onnx export instead")
-        from resnetlab.models.files import load_trained_model
-
         device = resolve_device(device)
-        model = load_trained_model(path, map_location=device)
+        model = load_any_model(path, source_format, map_location=device)
         return cls.from_model(model, device=device, source=str(path))
 
     @classmethod
@@ -93,7 +96,7 @@ class Predictor:
         """An ONNX file written by ``resnetlab export`` run with onnxruntime."""
         import onnxruntime as ort
 
-        from resnetlab.models.registry import ModelMeta
+        from resnetlab.models.metadata import validate_meta
 
         path = Path(path)
         if not path.is_file():
@@ -110,8 +113,8 @@ class Predictor:
             session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
             raise CheckpointError(f"{path}: onnxruntime cannot load this file ({str(exc).splitlines()[0]})") from exc
-        meta_dict = _onnx_meta(session, path)
-        meta = ModelMeta.from_dict(meta_dict)
+        meta = validate_meta(*_onnx_meta(session, path))  # checked at load: serve must not answer 500 later
+        _check_onnx_shapes(session, meta, path)
         input_name = session.get_inputs()[0].name
         output_name = session.get_outputs()[0].name
 
@@ -204,19 +207,35 @@ def _resize_batch(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
 
-def _onnx_meta(session, path: Path) -> dict:
-    """ModelMeta dict from the ONNX metadata_props, or from the ``.onnx.json`` sidecar."""
+def _check_onnx_shapes(session, meta, path: Path) -> None:
+    """The graph's fixed dimensions must be what the metadata says: a class count that differs would name
+    the wrong classes (or fail on an index), an input size that differs would fail on every request."""
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    if len(inputs) != 1 or len(outputs) < 1:
+        raise CheckpointError(f"{path}: expected one image input and a logits output, found {len(inputs)} inputs and {len(outputs)} outputs")
+    expected = {"input": (inputs[0].shape, [None, *meta.input_size]), "output": (outputs[0].shape, [None, meta.num_classes])}
+    for what, (shape, wanted) in expected.items():
+        fixed = shape if isinstance(shape, list) else []
+        clash = len(fixed) != len(wanted) or any(isinstance(d, int) and w is not None and d != w for d, w in zip(fixed, wanted))
+        if clash:
+            shown = "[" + ", ".join(str(d) if isinstance(d, int) else "N" for d in fixed) + "]"
+            raise CheckpointError(f"{path}: the graph's {what} shape {shown} does not match its metadata "
+                                  f"(input_size {list(meta.input_size)}, num_classes {meta.num_classes})")
+
+
+def _onnx_meta(session, path: Path) -> tuple[object, str]:
+    """(ModelMeta dict, where it was read) from the ONNX metadata_props, or from the ``.onnx.json`` sidecar."""
     props = session.get_modelmeta().custom_metadata_map
     if ONNX_META_KEY in props:
         try:
-            return json.loads(props[ONNX_META_KEY])
+            return json.loads(props[ONNX_META_KEY]), f"{path} ({ONNX_META_KEY})"
         except json.JSONDecodeError as exc:
             raise CheckpointError(f"{path}: metadata {ONNX_META_KEY!r} is not valid JSON") from exc
     sidecar = path.with_name(path.name + ".json")
     if sidecar.is_file():
         try:
-            return json.loads(sidecar.read_text())["meta"]
-        except (OSError, KeyError, json.JSONDecodeError) as exc:
+            return json.loads(sidecar.read_text())["meta"], str(sidecar)
+        except (OSError, KeyError, TypeError, ValueError) as exc:  # ValueError: invalid JSON or not UTF-8
             raise CheckpointError(f"{sidecar}: unreadable ONNX sidecar ({exc})") from exc
     raise CheckpointError(f"{path}: no resnetlab metadata (class names, normalization); "
                           "export it with 'resnetlab export MODEL --format onnx'")

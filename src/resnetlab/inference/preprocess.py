@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO, Sequence
 
@@ -60,45 +62,167 @@ def load_image(source: str | os.PathLike | bytes | BinaryIO | Image.Image, *, na
     ``name`` is used in error messages (defaults to the path). ``draft_size`` (W, H) lets the JPEG
     decoder downscale by 1/2..1/8 while decoding, which makes a 4000x3000 photo ~10x cheaper when
     the model only needs 32x32. Raises :class:`ImageDecodeError` or :class:`ImageTooLargeError`.
+    The decode waits for room in :data:`DECODE_BUDGET` (the caller then holds the decoded picture).
     """
     label = _describe(source, name)
     if isinstance(source, Image.Image):
-        image = source
-        _check_pixels(image, label, max_pixels)
-    else:
-        if isinstance(source, (bytes, bytearray, memoryview)):
-            if len(source) == 0:
-                raise ImageDecodeError(f"{label}: empty file (0 bytes), not an image")
-            source = io.BytesIO(source)
-        elif isinstance(source, (str, os.PathLike)):
-            path = Path(source)
-            if not path.is_file():
-                raise ImageDecodeError(f"{label}: no such file")
-            if path.stat().st_size == 0:
-                raise ImageDecodeError(f"{label}: empty file (0 bytes), not an image")
-        try:
-            with warnings.catch_warnings():
-                # PIL warns above its own limit; we raise our own clearer error below instead.
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                image = Image.open(source)
-            _check_pixels(image, label, max_pixels)
-            if draft_size is not None and image.format == "JPEG":
-                image.draft("RGB", _draft_request(image.size, draft_size))
-            image.load()
-        except ImageTooLargeError:
-            raise
-        except Image.DecompressionBombError as exc:
-            raise ImageTooLargeError(f"{label}: image is too large to decode safely ({exc})") from exc
-        except UnidentifiedImageError as exc:
-            raise ImageDecodeError(f"{label}: not an image file (unknown format or corrupt data)") from exc
-        except (OSError, SyntaxError, ValueError, EOFError) as exc:
-            # Truncated JPEG/PNG data ends up here ("image file is truncated", "broken PNG file").
-            raise ImageDecodeError(f"{label}: corrupt or truncated image ({exc})") from exc
+        _check_pixels(source, label, max_pixels)
+        return _decoded_rgb(source, label)
+    image = open_image(source, name=name, max_pixels=max_pixels, draft_size=draft_size)
+    with DECODE_BUDGET.reserved(decode_cost(image)):
+        return _decoded_rgb(image, label)
+
+
+def open_image(source: str | os.PathLike | bytes | BinaryIO, *, name: str | None = None,
+               max_pixels: int = MAX_IMAGE_PIXELS, draft_size: tuple[int, int] | None = None) -> Image.Image:
+    """Read only the header of ``source``: a lazy PIL image whose size is checked, no pixel decoded yet.
+
+    With ``draft_size`` (W, H) a JPEG is set to decode at 1/2..1/8 scale (see :func:`load_image`),
+    so ``size`` and :func:`decode_cost` already describe the reduced picture.
+    """
+    label = _describe(source, name)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        if len(source) == 0:
+            raise ImageDecodeError(f"{label}: empty file (0 bytes), not an image")
+        source = io.BytesIO(source)
+    elif isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.is_file():
+            raise ImageDecodeError(f"{label}: no such file")
+        if path.stat().st_size == 0:
+            raise ImageDecodeError(f"{label}: empty file (0 bytes), not an image")
     try:
-        image = ImageOps.exif_transpose(image)
+        with warnings.catch_warnings():
+            # PIL warns above its own limit; we raise our own clearer error below instead.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(source)
+        _check_pixels(image, label, max_pixels)
+        if draft_size is not None and image.format == "JPEG":
+            image.draft("RGB", _draft_request(image.size, draft_size))
+    except ImageTooLargeError:
+        raise
+    except Exception as exc:
+        raise _decode_error(exc, label) from exc
+    return image
+
+
+def _decode_error(exc: Exception, label: str) -> Exception:
+    if isinstance(exc, (ImageDecodeError, ImageTooLargeError)):
+        return exc
+    if isinstance(exc, Image.DecompressionBombError):
+        return ImageTooLargeError(f"{label}: image is too large to decode safely ({exc})")
+    if isinstance(exc, UnidentifiedImageError):
+        return ImageDecodeError(f"{label}: not an image file (unknown format or corrupt data)")
+    if isinstance(exc, (OSError, SyntaxError, ValueError, EOFError)):
+        # Truncated JPEG/PNG data ends up here ("image file is truncated", "broken PNG file").
+        return ImageDecodeError(f"{label}: corrupt or truncated image ({exc})")
+    return exc
+
+
+def _decoded_rgb(image: Image.Image, label: str) -> Image.Image:
+    """Decode the pixels of an opened image, apply its EXIF orientation and convert it to RGB."""
+    try:
+        image.load()
+    except Exception as exc:
+        raise _decode_error(exc, label) from exc
+    try:
+        # Only when the tag asks for it: exif_transpose copies the picture even when nothing turns.
+        if image.getexif().get(0x0112, 1) != 1:
+            image = ImageOps.exif_transpose(image)
     except Exception:  # a malformed EXIF block must not make an otherwise fine picture unusable
         pass
     return _to_rgb(image)
+
+
+# ---- bounded decoding -----------------------------------------------------------------------------
+# Decoded pixels, not upload sizes, are what exhaust memory: a 160 KB single-colour PNG of 7000x7000
+# decodes to 196 MB (PIL keeps RGB at 4 bytes a pixel), and 40 of them at once took a server past
+# 6 GB (issue 21). So every decode first reserves its size, read from the header, from one budget
+# per process; when the budget is spent a decode waits, or (the server) is refused with a 503.
+DECODE_BUDGET_MB = 512  # two 49-megapixel RGB decodes at once, or hundreds of photo-sized ones
+
+
+class DecoderBusyError(Exception):
+    """No room in the decode budget within the wait allowed; nothing is wrong with the image: try again later."""
+
+
+class DecodeBudget:
+    """A semaphore counted in bytes of decoded pixels, shared by every thread of the process."""
+
+    def __init__(self, capacity_bytes: int):
+        self.capacity = int(capacity_bytes)
+        self._used = 0
+        self._changed = threading.Condition()
+
+    @property
+    def in_use(self) -> int:
+        return self._used
+
+    def set_capacity(self, capacity_bytes: int) -> None:
+        """Change the budget (``resnetlab serve --decode-budget-mb``); reservations held stay valid."""
+        with self._changed:
+            self.capacity = int(capacity_bytes)
+            self._changed.notify_all()
+
+    def _amount(self, nbytes: int) -> int:
+        # A picture larger than the whole budget is decoded alone, once everything else has finished.
+        return min(max(int(nbytes), 1), self.capacity)
+
+    def try_reserve(self, nbytes: int) -> int | None:
+        """Reserve at once or not at all; the amount to :meth:`release`, or None when there is no room."""
+        amount = self._amount(nbytes)
+        with self._changed:
+            if self._used + amount > self.capacity:
+                return None
+            self._used += amount
+            return amount
+
+    def reserve(self, nbytes: int, timeout: float | None = None) -> int:
+        """Wait (at most ``timeout`` seconds; None: as long as it takes) for room; raise DecoderBusyError."""
+        amount = self._amount(nbytes)
+        with self._changed:
+            if not self._changed.wait_for(lambda: self._used + amount <= self.capacity, timeout):
+                raise DecoderBusyError(f"the image decoder is busy ({self._used >> 20} MB of {self.capacity >> 20} MB "
+                                       f"in use); try again shortly")
+            self._used += amount
+            return amount
+
+    def release(self, amount: int) -> None:
+        with self._changed:
+            self._used -= amount
+            self._changed.notify_all()
+
+    @contextmanager
+    def reserved(self, nbytes: int, timeout: float | None = None):
+        amount = self.reserve(nbytes, timeout)
+        try:
+            yield amount
+        finally:
+            self.release(amount)
+
+
+DECODE_BUDGET = DecodeBudget(DECODE_BUDGET_MB << 20)
+
+_STORED_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
+
+
+def decode_cost(image: Image.Image) -> int:
+    """Bytes that decoding an opened (header-only) image to RGB will hold at its peak, from the header.
+
+    PIL stores 1-byte modes at 1 byte a pixel, 16-bit grey at 2 and every other mode (RGB included) at
+    4; converting to RGB adds an RGB copy (and for 16-bit/float grey the float64 array of
+    :func:`_to_rgb`); an EXIF rotation adds another copy.
+    """
+    width, height = image.size
+    mode = image.mode
+    per_pixel = _STORED_BYTES.get(mode, 4)
+    if mode in ("I", "F") or mode.startswith("I;16"):
+        per_pixel += 8 + 1 + 1 + 4  # float64 values, 8-bit grey array, L image, RGB image
+    elif mode != "RGB":
+        per_pixel += 4
+    if "exif" in image.info:
+        per_pixel += 4
+    return width * height * per_pixel
 
 
 def _check_pixels(image: Image.Image, label: str, max_pixels: int) -> None:
@@ -150,10 +274,25 @@ def image_to_array(source: Any, size: tuple[int, int], *, name: str | None = Non
                    max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """Any one image (path, bytes, file object, PIL image, array, tensor) -> uint8 (H, W, 3) at ``size``."""
     if isinstance(source, (np.ndarray, torch.Tensor)):
-        image = Image.fromarray(_array_to_uint8_hwc(source, name))
-    else:
-        image = load_image(source, name=name, max_pixels=max_pixels, draft_size=(size[1], size[0]))
-    return fit_image(_to_rgb(image), size)
+        return fit_image(_to_rgb(Image.fromarray(_array_to_uint8_hwc(source, name))), size)
+    if isinstance(source, Image.Image):
+        return fit_image(load_image(source, name=name, max_pixels=max_pixels), size)
+    image = open_image(source, name=name, max_pixels=max_pixels, draft_size=(size[1], size[0]))
+    # The reservation covers the decoded picture until it is shrunk to the model's size.
+    with DECODE_BUDGET.reserved(decode_cost(image)):
+        return decode_to_array(image, size, name=_describe(source, name))
+
+
+def decode_to_array(image: Image.Image, size: tuple[int, int], *, name: str | None = None) -> np.ndarray:
+    """An image from :func:`open_image` -> uint8 (H, W, 3) at ``size``; closes ``image``, freeing its pixels.
+
+    The caller holds room in :data:`DECODE_BUDGET` for :func:`decode_cost` of it (``image_to_array``
+    does; the server reserves without blocking its event loop).
+    """
+    try:
+        return fit_image(_decoded_rgb(image, name or "image"), size)
+    finally:
+        image.close()  # frees the decoded pixels now, not whenever the last reference goes
 
 
 def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:

@@ -24,21 +24,36 @@ def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, bias=False)
 
 
+PAD_MODES = ("end", "split")
+
+
 class PadShortcut(nn.Module):
     """Shortcut option A (He et al. 2016, sec. 3.3 and 4.2): identity with zero-padded channels.
 
-    Subsamples by taking every ``stride``-th pixel and appends zero channels; it has no parameters,
+    Subsamples by taking every ``stride``-th pixel and adds zero channels; it has no parameters,
     which is why the CIFAR ResNets and their plain counterparts have equal parameter counts.
+    The paper does not say where the zeros go, and implementations differ: ``pad="end"`` appends
+    them after the input channels (fb.resnet.torch, resnetlab's default); ``pad="split"`` puts half
+    before and half after (akamaster/pytorch_resnet_cifar10). Weights trained one way predict at
+    chance the other way, and a strict state-dict load cannot tell them apart (no parameters here).
     """
 
-    def __init__(self, out_planes: int, stride: int):
+    def __init__(self, out_planes: int, stride: int, pad: str = "end"):
         super().__init__()
+        if pad not in PAD_MODES:
+            raise ValueError(f"PadShortcut pad={pad!r}: expected one of {', '.join(PAD_MODES)}")
         self.out_planes = out_planes
         self.stride = stride
+        self.pad = pad
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x[:, :, :: self.stride, :: self.stride]  # (B, C_in, H/s, W/s)
-        return F.pad(x, (0, 0, 0, 0, 0, self.out_planes - x.shape[1]))  # (B, C_out, H/s, W/s)
+        extra = self.out_planes - x.shape[1]
+        before = extra // 2 if self.pad == "split" else 0
+        return F.pad(x, (0, 0, 0, 0, before, extra - before))  # (B, C_out, H/s, W/s)
+
+    def extra_repr(self) -> str:
+        return f"out_planes={self.out_planes}, stride={self.stride}, pad={self.pad!r}"
 
 
 def projection(in_planes: int, out_planes: int, stride: int) -> nn.Sequential:

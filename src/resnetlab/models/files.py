@@ -17,7 +17,7 @@ import torch.nn as nn
 from safetensors import safe_open
 from safetensors.torch import load_file, save as safetensors_save
 
-from resnetlab.errors import CheckpointError, ResnetlabError
+from resnetlab.errors import CheckpointError, ResnetlabError, load_refusal_reason
 from resnetlab.models.registry import ModelMeta, create_model
 from resnetlab.utils.atomic import atomic_write_bytes, atomic_write_text
 
@@ -59,6 +59,37 @@ def save_model_file(model: nn.Module, path: str | Path, extra: dict | None = Non
     sidecar = {"format": "resnetlab-model", "format_version": FORMAT_VERSION, "weights": path.name, "meta": meta.to_dict(), "extra": extra or {}}
     atomic_write_text(path.with_suffix(".json"), json.dumps(sidecar, indent=2))
     return path
+
+
+def update_model_extra(path: str | Path, extra: dict) -> None:
+    """Merge ``extra`` into a model file's JSON sidecar (e.g. a test accuracy measured after the save)."""
+    path = resolve_model_path(path)
+    info = read_model_info(path)
+    info["extra"] = {**(info.get("extra") if isinstance(info.get("extra"), dict) else {}), **extra}
+    atomic_write_text(path.with_suffix(".json"), json.dumps(info, indent=2))
+
+
+def model_source_files(path: str | Path) -> list[Path]:
+    """The files a model given as ``path`` is read from: what no output may be written over.
+
+    A run directory: its model file, metadata and config.yaml; a model file: itself and its
+    sidecar (and the config.yaml of the run it sits in); a checkpoint or ONNX file: itself
+    (and an ONNX file's ``.json`` sidecar).
+    """
+    path = Path(path)
+    if path.is_dir():
+        return [path / WEIGHTS_NAME, path / META_NAME, path / "config.yaml"]
+    if path.suffix in (".safetensors", ".json"):
+        files = [path.with_suffix(".safetensors"), path.with_suffix(".json")]
+    elif path.suffix.lower() == ".onnx":
+        files = [path, path.with_name(path.name + ".json")]
+    else:
+        files = [path]
+    for run in (path.parent, path.parent.parent):  # RUN/model.safetensors, RUN/checkpoints/best.pt
+        if (run / "config.yaml").is_file():
+            files.append(run / "config.yaml")
+            break
+    return files
 
 
 def resolve_model_path(path: str | Path) -> Path:
@@ -110,19 +141,10 @@ def load_model_file(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def _meta_from(data, where: Path) -> ModelMeta:
-    """``ModelMeta`` from a file's metadata, or a CheckpointError naming the file."""
-    try:
-        meta = ModelMeta.from_dict(data)
-        if not isinstance(meta.name, str) or not isinstance(meta.num_classes, int) or meta.num_classes < 1 \
-                or not isinstance(meta.options, dict) or not isinstance(meta.classifier, str):
-            raise TypeError("name, num_classes, options or classifier has the wrong type")
-        if len(meta.input_size) != 3 or not all(isinstance(v, int) and v > 0 for v in meta.input_size):
-            raise ValueError(f"input_size {meta.input_size!r} is not three positive integers")
-        if any(len(v) != 3 or not all(isinstance(x, (int, float)) for x in v) for v in (meta.mean, meta.std)):
-            raise ValueError("mean/std must be three numbers each")
-    except (TypeError, ValueError, AttributeError) as exc:
-        raise CheckpointError(f"{where}: malformed model metadata ({exc})") from None
-    return meta
+    """``ModelMeta`` from a file's metadata, or a CheckpointError naming the file (one validator for every reader)."""
+    from resnetlab.models.metadata import validate_meta
+
+    return validate_meta(data, where)
 
 
 def _build_with(meta: ModelMeta, state, path: Path, written_for: str | None = None) -> nn.Module:
@@ -224,7 +246,7 @@ def load_checkpoint_dict(path: str | Path, map_location: str | torch.device = "c
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # UnpicklingError for unsafe payloads, RuntimeError/EOFError for truncation
-        raise CheckpointError(f"{path}: refused to load checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
+        raise CheckpointError(f"{path}: refused to load checkpoint ({load_refusal_reason(exc)})") from exc
     if not isinstance(checkpoint, dict) or checkpoint.get("kind") != CHECKPOINT_KIND:
         raise CheckpointError(f"{path}: not a resnetlab checkpoint")
     return checkpoint

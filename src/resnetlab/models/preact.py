@@ -75,6 +75,8 @@ class PreActResNet(ClassifierModel):
     """3x3 stem, stages of pre-activation blocks, final BN-ReLU, global average pooling, FC.
 
     ``stages`` lists (planes, blocks, stride); ``dropout`` goes inside every block.
+    ``final_norm=False`` drops the final BN-ReLU and pools the raw sum of the last block, as
+    kuangliu/pytorch-cifar's PreActResNet does (its checkpoints need it to give their own logits).
     """
 
     def __init__(
@@ -85,6 +87,7 @@ class PreActResNet(ClassifierModel):
         num_classes: int = 10,
         dropout: float = 0.0,
         in_chans: int = 3,
+        final_norm: bool = True,
     ):
         super().__init__()
         self.conv1 = conv3x3(in_chans, stem_width)
@@ -97,8 +100,9 @@ class PreActResNet(ClassifierModel):
                 in_planes = planes * block.expansion
             layers.append(nn.Sequential(*stage))
         self.layers = nn.Sequential(*layers)
-        self.bn = nn.BatchNorm2d(in_planes)  # the last block's sum is not normalized yet
-        self.relu = nn.ReLU(inplace=True)
+        # the last block's sum is not normalized yet (He et al. 2016b, Fig. 4(e) ends in BN-ReLU)
+        self.bn = nn.BatchNorm2d(in_planes) if final_norm else nn.Identity()
+        self.relu = nn.ReLU(inplace=True) if final_norm else nn.Identity()
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.num_features = in_planes
         self.fc = nn.Linear(in_planes, num_classes)

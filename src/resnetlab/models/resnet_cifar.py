@@ -8,6 +8,10 @@ with 0.27M ... 19.4M parameters (the paper's Table 6).
 Shortcuts: option A (default, the paper's CIFAR choice) is the identity, zero-padded where the
 channels grow; option B is a 1x1 projection + BN where the shape changes. ``shortcut=None`` drops
 shortcuts altogether: the "plain" networks of Fig. 6 (see ``plain.py``).
+
+``shortcut_pad`` says where option A's zero channels go: "end" (default, as fb.resnet.torch) or
+"split" (half on each side, as akamaster/pytorch_resnet_cifar10, whose checkpoints need it; see
+:class:`~resnetlab.models.blocks.PadShortcut`).
 """
 
 from __future__ import annotations
@@ -17,26 +21,27 @@ import torch.nn as nn
 
 from resnetlab.errors import ConfigError
 from resnetlab.models.base import ClassifierModel, init_conv_kaiming
-from resnetlab.models.blocks import BasicBlock, PadShortcut, conv3x3, projection, zero_init_last_bn
+from resnetlab.models.blocks import PAD_MODES, BasicBlock, PadShortcut, conv3x3, projection, zero_init_last_bn
 from resnetlab.models.registry import register_model
 
 STAGE_WIDTHS = (16, 32, 64)
 SHORTCUTS = ("A", "B", None)
 
 
-def make_shortcut(kind: str | None, in_planes: int, planes: int, stride: int) -> nn.Module | None:
+def make_shortcut(kind: str | None, in_planes: int, planes: int, stride: int, pad: str = "end") -> nn.Module | None:
     """The shortcut of a block whose shape changes (``None``: the identity is enough)."""
     if stride == 1 and in_planes == planes:
         return None
     if kind == "A":
-        return PadShortcut(planes, stride)
+        return PadShortcut(planes, stride, pad)
     if kind == "B":
         return projection(in_planes, planes, stride)
     return None  # plain network: no shortcut at all
 
 
 class CifarResNet(ClassifierModel):
-    """ResNet-(6n+2) for 32x32 images; ``shortcut`` is "A", "B" or None (plain network)."""
+    """ResNet-(6n+2) for 32x32 images; ``shortcut`` is "A", "B" or None (plain network);
+    ``shortcut_pad`` ("end" or "split") places option A's zero channels."""
 
     def __init__(
         self,
@@ -45,10 +50,13 @@ class CifarResNet(ClassifierModel):
         shortcut: str | None = "A",
         zero_init_residual: bool = False,
         in_chans: int = 3,
+        shortcut_pad: str = "end",
     ):
         super().__init__()
         if shortcut not in SHORTCUTS:
             raise ConfigError(f"option shortcut={shortcut!r} is not one of 'A', 'B' or None")
+        if shortcut_pad not in PAD_MODES:
+            raise ConfigError(f"option shortcut_pad={shortcut_pad!r} is not one of {', '.join(map(repr, PAD_MODES))}")
         self.shortcut = shortcut
         residual = shortcut is not None
         self.conv1 = conv3x3(in_chans, STAGE_WIDTHS[0])  # (B, 16, 32, 32)
@@ -60,7 +68,7 @@ class CifarResNet(ClassifierModel):
             blocks = []
             for block_index in range(blocks_per_stage):
                 stride = 2 if index > 0 and block_index == 0 else 1
-                downsample = make_shortcut(shortcut, in_planes, planes, stride)
+                downsample = make_shortcut(shortcut, in_planes, planes, stride, shortcut_pad)
                 blocks.append(BasicBlock(in_planes, planes, stride, downsample, residual=residual))
                 in_planes = planes
             stages.append(nn.Sequential(*blocks))

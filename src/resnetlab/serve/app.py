@@ -2,19 +2,34 @@
 
 Routes: ``GET /`` (the drop-an-image page, static files in ``serve/static``), ``POST /predict``
 (multipart, one or several files -> top-k JSON), ``GET /health``, ``GET /report`` (the model's
-evaluation report, when one exists).
+evaluation report, when one exists, and only the files that report links to).
 
 Bad input never becomes a 500: the body is read with a byte cap (413), non-multipart bodies are
 415, files that are not images 415, decompression bombs 413, every error is JSON ``{"detail": ...}``.
 Decoding and the forward pass run in Starlette's threadpool; the model is shared read-only, so
-concurrent requests need no lock.
+concurrent requests need no lock. Each decode first reserves its size (read from the image header)
+from the process's decode budget; a request that finds no room within ``decode_wait_s`` gets 503
+with ``Retry-After`` instead of pushing the server out of memory.
+
+Every response carries ``X-Content-Type-Options: nosniff`` and a Content-Security-Policy that allows
+only this server's own scripts and styles (the report: its inline styles and images, no script).
+With ``allowed_hosts`` set (``resnetlab serve`` on a non-loopback address) requests whose ``Host``
+is not an IP address or one of those names are refused (400), which defeats DNS rebinding.
 """
 
 from __future__ import annotations
 
+import asyncio
+import html.parser
+import ipaddress
 import logging
+import math
+import posixpath
+import time
 from importlib import resources
 from pathlib import Path
+from typing import Iterable
+from urllib.parse import unquote, urlsplit
 
 import numpy as np
 import torch
@@ -23,17 +38,36 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
+from starlette.datastructures import MutableHeaders, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from resnetlab import __version__
-from resnetlab.inference.preprocess import ImageDecodeError, ImageTooLargeError, image_to_array
+from resnetlab.errors import ConfigError
+from resnetlab.inference.preprocess import (
+    DECODE_BUDGET,
+    DecoderBusyError,
+    ImageDecodeError,
+    ImageTooLargeError,
+    decode_cost,
+    decode_to_array,
+    open_image,
+)
 
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(str(resources.files("resnetlab.serve") / "static"))
 DEFAULT_MAX_UPLOAD_MB = 10.0
 DEFAULT_MAX_FILES = 16
+DEFAULT_DECODE_WAIT_S = 10.0  # how long an upload may wait for room in the decode budget before a 503
+RETRY_AFTER_S = 2
+
+# Pages and JSON: scripts, styles and fetches from this server only; images also from data: and the
+# blob: URLs the page makes for previews. No plugins, no framing, no <base>, forms post here only.
+PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+            "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
+# The evaluation report is one self-contained page: inline CSS, data: figures, no script at all.
+REPORT_CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "
+              "form-action 'none'; base-uri 'none'; frame-ancestors 'none'")
 
 
 class _TooLarge(Exception):
@@ -42,6 +76,18 @@ class _TooLarge(Exception):
 
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"detail": message}, status_code=status)
+
+
+async def _reserve(nbytes: int, wait_s: float) -> int:
+    """Room in the decode budget without blocking the event loop (polls, backing off to 0.1 s)."""
+    deadline = time.monotonic() + wait_s
+    delay = 0.005
+    while (amount := DECODE_BUDGET.try_reserve(nbytes)) is None:
+        if time.monotonic() >= deadline:
+            raise DecoderBusyError("no room in the decode budget")
+        await asyncio.sleep(delay)
+        delay = min(2 * delay, 0.1)
+    return amount
 
 
 async def _read_capped(request: Request, limit: int) -> bytes:
@@ -71,15 +117,150 @@ def _replay(request: Request, body: bytes) -> Request:
     return Request(request.scope, receive)
 
 
+def check_limits(*, max_upload_mb: float, max_files: int = DEFAULT_MAX_FILES, top_k: int = 5,
+                 decode_wait_s: float = DEFAULT_DECODE_WAIT_S, decode_budget_mb: float | None = None) -> None:
+    """Refuse (ConfigError naming the option) limits the server cannot work with: NaN, inf, zero, negative."""
+    for option, value in (("--max-upload-mb", max_upload_mb), ("--decode-budget-mb", decode_budget_mb)):
+        if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise ConfigError(f"{option} {value}: must be a positive, finite number of megabytes (e.g. 10)")
+    if max_files < 1:
+        raise ConfigError(f"max_files {max_files}: must be at least 1")
+    if top_k < 1:
+        raise ConfigError(f"--top-k {top_k}: must be at least 1")
+    if not (math.isfinite(decode_wait_s) and decode_wait_s >= 0):
+        raise ConfigError(f"decode_wait_s {decode_wait_s}: must be a finite number of seconds >= 0")
+
+
+class _App(FastAPI):
+    """FastAPI whose outermost layer is :class:`_Guard`, so even a 500 gets the security headers."""
+
+    guard_hosts: frozenset[str] | None = None
+
+    def build_middleware_stack(self):
+        return _Guard(super().build_middleware_stack(), self.guard_hosts)
+
+
+class _Guard:
+    """ASGI layer: the Host check (when configured) and the security headers on every response."""
+
+    def __init__(self, app, allowed_hosts: frozenset[str] | None):
+        self.app = app
+        self.allowed_hosts = allowed_hosts
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        csp = REPORT_CSP if scope["path"].startswith("/report/") else PAGE_CSP
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                headers["X-Content-Type-Options"] = "nosniff"
+                headers["Content-Security-Policy"] = csp
+                headers["Referrer-Policy"] = "no-referrer"
+            await send(message)
+
+        if self.allowed_hosts is not None:
+            host = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), None)
+            if not host_allowed(host, self.allowed_hosts):
+                shown = "none" if host is None else repr(host[:100])
+                response = _error(400, f"Host header {shown} is not a name this server answers to "
+                                       "(the operator can accept it with resnetlab serve --allowed-host NAME)")
+                return await response(scope, receive, send_with_headers)
+        await self.app(scope, receive, send_with_headers)
+
+
+def host_allowed(host: str | None, allowed: Iterable[str]) -> bool:
+    """Whether a ``Host`` header value passes the check used on non-loopback binds.
+
+    Accepted: any IP address literal (DNS rebinding needs a name the attacker controls, so an address
+    cannot carry it), and the names in ``allowed`` (compared without the port, case-insensitively).
+    """
+    if not host:
+        return False
+    host = host.strip().lower()
+    if host.startswith("["):  # [IPv6]:port
+        name = host[1:].split("]", 1)[0]
+    else:
+        name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    name = name.rstrip(".")
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        pass
+    return name in {a.lower().rstrip(".") for a in allowed}
+
+
+class _LinkCollector(html.parser.HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.links: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        for key, value in attrs:
+            if key in ("src", "href", "poster", "data") and value:
+                self.links.append(value)
+            elif key == "srcset" and value:
+                self.links += [part.strip().split(" ")[0] for part in value.split(",") if part.strip()]
+
+
+def report_assets(report_dir: Path) -> dict[str, Path]:
+    """URL path under ``/report/`` -> file, for ``report.html`` and the local files it links to.
+
+    Only relative links that stay inside ``report_dir`` and name a regular file count; links with a
+    scheme (``data:``, ``https:``), absolute paths and ``..`` are not files of this report.
+    """
+    root = report_dir.resolve()
+    page = root / "report.html"
+    assets = {"report.html": page}
+    collector = _LinkCollector()
+    try:
+        collector.feed(page.read_text(encoding="utf-8", errors="replace"))
+    except OSError:
+        return {}
+    for link in collector.links:
+        parts = urlsplit(link.strip())
+        if parts.scheme or parts.netloc or not parts.path or parts.path.startswith("/"):
+            continue
+        relative = posixpath.normpath(unquote(parts.path))
+        if relative.startswith("..") or relative.startswith("/") or "\\" in relative or "\0" in relative:
+            continue
+        target = (root / relative).resolve()
+        if target.is_relative_to(root) and target.is_file():
+            assets[relative] = target
+    return assets
+
+
 def create_app(predictor, *, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, max_files: int = DEFAULT_MAX_FILES,
-               top_k: int = 5, report_dir: str | Path | None = None) -> FastAPI:
-    """Build the app. ``report_dir`` is the folder holding ``report.html`` (e.g. ``RUN/eval``)."""
+               top_k: int = 5, report_dir: str | Path | None = None, allowed_hosts: Iterable[str] | None = None,
+               decode_wait_s: float = DEFAULT_DECODE_WAIT_S) -> FastAPI:
+    """Build the app. ``report_dir`` is the folder holding ``report.html`` (e.g. ``RUN/eval``); only that
+    page and the files it links to are served. ``allowed_hosts``: names accepted in the ``Host`` header
+    besides IP addresses (None: no check, for loopback binds)."""
+    check_limits(max_upload_mb=max_upload_mb, max_files=max_files, top_k=top_k, decode_wait_s=decode_wait_s)
     max_bytes = int(max_upload_mb * 1024 * 1024)
     report_dir = Path(report_dir) if report_dir else None
-    has_report = bool(report_dir and (report_dir / "report.html").is_file())
+    assets = report_assets(report_dir) if report_dir and (report_dir / "report.html").is_file() else {}
+    has_report = bool(assets)
     # No Swagger/ReDoc pages: they load their scripts from a CDN, and this server must work offline.
-    app = FastAPI(title="resnetlab", version=__version__, docs_url=None, redoc_url=None)
+    app = _App(title="resnetlab", version=__version__, docs_url=None, redoc_url=None)
+    app.guard_hosts = None if allowed_hosts is None else frozenset(allowed_hosts)
     app.state.predictor = predictor
+    input_wh = (predictor.image_size[1], predictor.image_size[0])
+
+    async def decode(data: bytes, name: str) -> np.ndarray:
+        """One upload -> uint8 (H, W, 3), after reserving its decoded size (DecoderBusyError: no room in time)."""
+        image = await run_in_threadpool(open_image, data, name=name, max_pixels=predictor.max_pixels, draft_size=input_wh)
+        try:
+            amount = await _reserve(decode_cost(image), decode_wait_s)
+        except BaseException:
+            image.close()
+            raise
+        try:
+            return await run_in_threadpool(decode_to_array, image, predictor.image_size, name=name)
+        finally:
+            DECODE_BUDGET.release(amount)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
@@ -135,8 +316,11 @@ def create_app(predictor, *, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, max_f
                 name = upload.filename or f"file{i + 1}"
                 data = await upload.read()
                 try:
-                    arrays.append(await run_in_threadpool(
-                        image_to_array, data, predictor.image_size, name=name, max_pixels=predictor.max_pixels))
+                    arrays.append(await decode(data, name))
+                except DecoderBusyError:
+                    return JSONResponse(
+                        {"detail": f"the server is busy decoding other images; retry in {RETRY_AFTER_S} s"},
+                        status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
                 except ImageTooLargeError as exc:
                     return _error(413, str(exc))
                 except ImageDecodeError as exc:
@@ -164,8 +348,13 @@ def create_app(predictor, *, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, max_f
             return RedirectResponse("/report/report.html", status_code=307)
         return HTMLResponse(_NO_REPORT_PAGE, status_code=404)
 
-    if has_report:
-        app.mount("/report", StaticFiles(directory=report_dir), name="report")
+    @app.get("/report/{asset:path}", include_in_schema=False)
+    async def report_file(asset: str):
+        # Only the report and the files it links to, as found at start-up; nothing else in the folder.
+        path = assets.get(asset)
+        if path is None or not path.is_file():
+            return _error(404, "not a file of this model's evaluation report")
+        return FileResponse(path)
 
     @app.get("/", include_in_schema=False)
     async def index():
