@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-import torch
+from helpers import make_image_folder, one_thread
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -35,10 +35,8 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 @pytest.fixture(autouse=True)
 def _few_threads():
     # Tests are small; one thread each avoids oversubscribing CI's 2 cores (subprocess tests run beside pytest).
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+    with one_thread():
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -51,8 +49,6 @@ def cifar_jpeg_archive() -> Path:
 @pytest.fixture(scope="session")
 def small_image_folder(tmp_path_factory) -> Path:
     """A learnable synthetic image folder, made once per session: 4 classes x 24 train + 6 test 32x32 PNGs."""
-    from test_train_runner import make_image_folder  # tests/ is on sys.path (rootdir conftest)
-
     return make_image_folder(tmp_path_factory.mktemp("data") / "images", classes=4, per_class=24)
 
 

@@ -16,7 +16,7 @@ from resnetlab.models import create_model
 from resnetlab.models.files import save_model_file
 from resnetlab.serve.app import create_app
 
-from test_serve import running_server
+from helpers import running_server
 
 pytestmark = pytest.mark.browser
 
@@ -26,16 +26,6 @@ CHROMIUM_ARGS = [
     "--disable-component-update", "--disable-sync", "--no-first-run",
 ]
 CLASSES = ["cat", "dog", "horse", "ship"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # On a shared 2-core box, 2 OpenMP threads fighting other processes make small forwards ~40x
-    # slower than 1 thread (measured: resnet20 batch 1, 0.4 vs 17 img/s at load average 12).
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _chromium_or_skip() -> str:

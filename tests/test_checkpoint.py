@@ -7,26 +7,10 @@ import random
 import numpy as np
 import pytest
 import torch
+from helpers import checkpoint_dict as _checkpoint
 
 from resnetlab.engine import checkpoint as ckpt
 from resnetlab.errors import CheckpointError
-
-
-def _checkpoint(step: int, value: float = 1.0) -> dict:
-    return {
-        "model": {"w": torch.full((4, 4), value), "n": torch.tensor(3)},
-        "meta": {"name": "tiny", "num_classes": 2},
-        "optimizer": {"state": {}, "param_groups": []},
-        "schedule": {"step": step},
-        "scaler": None,
-        "ema": None,
-        "rng": ckpt.capture_rng_state(),
-        "epoch": 0,
-        "step_in_epoch": step,
-        "step": step,
-        "best": {"val_acc": None},
-        "config": {"seed": 0},
-    }
 
 
 def _listing(directory):

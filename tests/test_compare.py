@@ -29,11 +29,7 @@ def write_run(path: Path, *, model: str, val: list[float], train_loss: list[floa
     summary = {"model": model, "params": params, "recipe": f"recipes/{model}.yaml", "data": "cifar10", "seed": seed,
                "epochs": len(val), "steps": 10 * len(val), "train_time_s": 2.0 * len(val), "best_val_acc": max(val), "test_acc": test_acc}
     (path / "summary.json").write_text(json.dumps(summary))
-    if grad == "layers":
-        records = [{"step": s, "layers": [{"name": f"layer{i}", "depth": i, "grad_norm": 0.1 * (i + 1) * (s + 1)} for i in range(6)]}
-                   for s in (0, 5)]
-        (path / "grad_norms.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    elif grad == "engine":
+    if grad == "engine":
         names = ["conv1.weight", "bn1.weight", "bn1.bias", "layer1.0.conv1.weight", "layer1.0.bn1.weight",
                  "layer1.0.shortcut.0.weight", "layer1.0.conv2.weight", "fc.weight", "fc.bias"]
         record = {"step": 0, "epoch": 0, "grad_norm": 1.0, "grad_norms": {n: float(i + 1) for i, n in enumerate(names)}, "activations": {}}
@@ -44,7 +40,7 @@ def write_run(path: Path, *, model: str, val: list[float], train_loss: list[floa
 @pytest.fixture
 def runs(tmp_path):
     plain = write_run(tmp_path / "plain20", model="plain20", val=[0.4, 0.5, 0.55], train_loss=[1.8, 1.4, 1.2], test_acc=0.54, grad="engine")
-    resnet = write_run(tmp_path / "resnet20", model="resnet20", val=[0.5, 0.62, 0.7], train_loss=[1.5, 1.0, 0.8], test_acc=0.69, grad="layers")
+    resnet = write_run(tmp_path / "resnet20", model="resnet20", val=[0.5, 0.62, 0.7], train_loss=[1.5, 1.0, 0.8], test_acc=0.69, grad="engine")
     group = tmp_path / "resnet20-seeds"
     for seed, (v, t) in {1: (0.70, 0.69), 2: (0.72, 0.71), 3: (0.74, 0.70)}.items():
         write_run(group / f"seed-{seed}", model="resnet20", val=[0.5, v], train_loss=[1.5, 0.9], test_acc=t, seed=seed)
@@ -90,10 +86,8 @@ def test_eval_report_supplies_the_test_interval(runs, tmp_path):
     assert row["test_acc"] == {"value": 0.69, "low": 0.681, "high": 0.699, "n": 10000}
 
 
-def test_grad_norm_reader_accepts_both_formats(runs):
-    plain, resnet, _ = runs
-    layers = read_grad_norms(resnet / "grad_norms.jsonl")
-    assert [r["step"] for r in layers] == [0, 5] and [x["depth"] for x in layers[0]["layers"]] == list(range(6))
+def test_grad_norm_reader_reads_the_engine_format(runs):
+    plain, _, _ = runs
     engine = read_grad_norms(plain / "grad_norms.jsonl")
     assert len(engine) == 1  # the cut line is dropped
     # Conv/linear weights on the main path, in parameter order; BN, biases and shortcuts left out.

@@ -47,8 +47,7 @@ def train_args(folder: Path, run_dir: Path, micro_batch: int | None = None) -> l
 # that accumulation under no_sync gives the right step, not that it saves the extra all-reduces.
 @pytest.mark.parametrize("micro_batch", [None, 4])
 def test_two_process_ddp_matches_single_process(tmp_path, micro_batch):
-    sys.path.insert(0, str(Path(__file__).parent))
-    from test_train_runner import make_image_folder
+    from helpers import make_image_folder
 
     if torchrun() is None:
         pytest.skip("torchrun not installed")

@@ -11,8 +11,9 @@ import torch.nn as nn
 
 from resnetlab.engine.ema import create_ema, update_ema
 from resnetlab.engine import precision as precision_module
-from resnetlab.engine.precision import resolve_device, resolve_precision
+from resnetlab.engine.precision import resolve_precision
 from resnetlab.errors import ConfigError
+from resnetlab.utils.device import resolve_device
 
 
 def test_cpu_precision_auto_is_plain_fp32():
@@ -48,6 +49,18 @@ def test_cuda_request_without_gpu_is_a_config_error():
     assert resolve_device("auto").type == "cpu"
 
 
+def test_one_resolve_device_for_train_evaluate_and_predict():
+    # The same function serves the engine, evaluate and Predictor: same answers, same one-line errors.
+    from resnetlab.evaluation import runner
+    from resnetlab.inference import predictor
+
+    assert runner.resolve_device is predictor.resolve_device is resolve_device
+    assert resolve_device(None) == resolve_device("") == resolve_device("auto")
+    assert resolve_device(torch.device("cpu")) == torch.device("cpu")
+    with pytest.raises(ConfigError, match="--device 'gpu0': not a device"):
+        resolve_device("gpu0")
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_gpu_precision_scaler_only_for_fp16():
@@ -81,7 +94,7 @@ def test_train_error_warmup_switch_follows_measured_accuracy(tmp_path):
     from resnetlab.config import build_config
     from resnetlab.engine import train
     from resnetlab.models import create_model
-    from test_nonfinite import tiny_splits
+    from helpers import tiny_splits
 
     cfg = build_config(None, {
         "run_dir": str(tmp_path / "run"), "device": "cpu", "batch_size": 16, "epochs": 6, "log_step_loss": True,

@@ -13,13 +13,14 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from helpers import one_thread
 from PIL import Image
 from sklearn.metrics import log_loss
 
 from resnetlab.data.imageset import ImageSet
 from resnetlab.errors import DataError
 from resnetlab.evaluation import bootstrap_mean_ci, classification_metrics, evaluate_model
-from resnetlab.evaluation.metrics import reliability_bins
+from resnetlab.evaluation.metrics import calibration_errors, reliability_bins, top_k_accuracy
 from resnetlab.evaluation.predictions import _shift, collect_outputs, tta_views
 from resnetlab.models.registry import ModelMeta
 
@@ -163,14 +164,24 @@ def test_ece_hand_checked():
     assert sum(m["calibration"]["confidence_histogram"]["correct"]) == 3
 
 
-def test_reliability_bins_reproduce_torchmetrics_ece():
+def test_top_k_and_ece_by_hand_without_torchmetrics():
     probs, labels = random_probs(500, 5, seed=3, skill=1.0)
     m = classification_metrics(probs, labels, list("abcde"))
-    conf, pred = probs.max(1)
-    bins = reliability_bins(conf.numpy(), (pred == labels).double().numpy())
-    ece = sum(b["count"] * abs(b["accuracy"] - b["confidence"]) for b in bins if b["count"]) / 500
-    assert ece == pytest.approx(m["calibration"]["ece"], abs=1e-5)
-    assert sum(b["count"] for b in bins) == 500
+    ranks = (probs > probs.gather(1, labels[:, None])).sum(1)  # how many classes beat the true one
+    assert m["accuracy"] == (ranks == 0).double().mean().item()
+    assert m["top5_accuracy"] == 1.0 and top_k_accuracy(probs, labels, 2) == (ranks < 2).double().mean().item()
+    # ECE by a plain loop over 15 equal-width bins, an edge value going to the bin above.
+    conf, pred = probs.double().max(1)
+    total = 0.0
+    for i in range(15):
+        inside = (conf >= i / 15) & ((conf < (i + 1) / 15) if i < 14 else (conf <= 1))
+        if inside.any():
+            total += inside.sum().item() * abs((pred[inside] == labels[inside]).double().mean() - conf[inside].mean()).item()
+    assert m["calibration"]["ece"] == pytest.approx(total / 500, abs=1e-12)
+    # A confidence exactly on an edge (0.6 = 9/15) counts in the bin above it.
+    edge = calibration_errors(torch.tensor([[0.6, 0.4]], dtype=torch.float64), torch.tensor([0]))
+    assert edge == pytest.approx((0.4, 0.4))
+    assert sum(b["count"] for b in reliability_bins(np.array([0.6]), np.array([1.0]))[9:10]) == 1
 
 
 def test_bootstrap_interval():
@@ -210,16 +221,12 @@ def trained():
     train = colour_set(512, seed=0)
     x = normalized(train.images, model.meta)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-2)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: one thread is several times faster than two contending
-    try:
+    with one_thread():  # module scope: conftest's per-test fixture is not active yet
         for _ in range(80):  # full-batch steps, about a second
             loss = F.cross_entropy(model(x), train.labels)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-    finally:
-        torch.set_num_threads(threads)
     return model.eval()
 
 
@@ -335,11 +342,14 @@ def test_logits_object_gives_same_result_as_module(trained, tmp_path):
     assert (tmp_path / "metrics.json").exists()
 
 
-def test_image_size_mismatch_names_the_fix(tmp_path):
+def test_images_of_another_size_are_resized_to_the_model_input(tmp_path):
+    """issue 22: evaluate honours meta.input_size (it used to fail with a shape error here)."""
     from resnetlab.models import create_model
 
     model = create_model("cnn_baseline", num_classes=4)  # a fixed 32x32 architecture
     model.meta.classes = list(CLASSES)
-    with pytest.raises(DataError, match="--image-size 32"):
-        evaluate_model(model, colour_set(8, seed=0, size=16), tmp_path)
-    assert not (tmp_path / "metrics.json").exists()
+    seen = []
+    model.register_forward_pre_hook(lambda _m, args: seen.append(tuple(args[0].shape[-2:])))
+    metrics = evaluate_model(model, colour_set(8, seed=0, size=16), tmp_path)
+    assert metrics["num_samples"] == 8 and set(seen) == {(32, 32)}
+    assert (tmp_path / "metrics.json").exists()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from helpers import one_thread
 from PIL import Image
 
 from resnetlab.cli import main
@@ -40,12 +40,8 @@ def experiment(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("degradation")
     data = make_image_folder(tmp / "images")
     out = tmp / "out"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny batches: a second thread only adds synchronization (and stalls on a busy machine)
-    try:
+    with one_thread():  # module scope: conftest's per-test fixture is not active yet
         code = main(["experiment", "degradation", "--data", str(data), "--out", str(out), *ARGS])
-    finally:
-        torch.set_num_threads(threads)
     assert code == 0
     return out, data
 
@@ -83,7 +79,7 @@ def test_table_numbers_equal_the_runs_metrics(experiment):
         assert model["final_train_error"]["mean"] == pytest.approx(statistics.fmean(train))
         assert model["final_train_error"]["std"] == pytest.approx(statistics.stdev(train))
         assert model["final_val_error"]["mean"] == pytest.approx(statistics.fmean(val))
-        low, high = model["final_val_error"]["ci_low"], model["final_val_error"]["ci_high"]
+        low, high = model["final_val_error"]["interval"]
         half = 12.7062047 * statistics.stdev(val) / 2**0.5  # t(0.975, 1 dof) s / sqrt(n)
         assert low == pytest.approx(statistics.fmean(val) - half, abs=1e-6) and high == pytest.approx(statistics.fmean(val) + half, abs=1e-6)
         row = next(line for line in md.splitlines() if line.startswith(f"| {model['model']} |"))
@@ -132,7 +128,7 @@ def test_bad_options_name_the_option(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["experiment", "degradation", "--epochs", "1", "--steps", "3"])
     with pytest.raises(ConfigError, match="--grad-steps 9"):
-        from test_nonfinite import tiny_splits
+        from helpers import tiny_splits
 
         run_degradation(DegradationConfig(depths=[20], seeds=[1], epochs=1, batch_size=16, grad_steps=[9], device="cpu"),
                         tmp_path / "o2", splits=tiny_splits())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 import shutil
 import warnings
@@ -60,11 +61,14 @@ def _small_model(name: str, num_classes: int = 4) -> torch.nn.Module:
     return calibrate_batchnorm(model)
 
 
-# Exporting costs ~1 s per 100 layers on 2 CPU cores, so every *distinct* architecture is exported:
-# a few small ones on every run, the larger ones under the slow marker, and deeper siblings that
-# repeat the same blocks are skipped (RESNETLAB_EXPORT_ALL=1 runs them too). Any model registered
-# later and not listed here runs under the slow marker.
-FAST = {"cnn_baseline", "fastnet94", "plain20", "resnet20"}
+# A torch.export ONNX export costs 2-5 s for a small net on 2 CPU cores and up to a minute for the
+# deep ones (measured on a busy box: preact_resnet164 58 s, resnet50 28 s, resnet18 20 s). So every
+# run exports a plain CNN and a residual net, three more distinct small architectures run under the
+# slow marker, and the heavy architectures and the deeper siblings that repeat the same blocks run
+# only with RESNETLAB_EXPORT_ALL=1 (all of them passed with it when the exporter moved to torch.export).
+# Any model registered later and not listed here runs under the slow marker.
+FAST = {"cnn_baseline", "resnet20"}
+HEAVY = {"preact_resnet164", "preact_resnet18", "resnet18", "resnet18_cifar", "resnet50", "wrn16_8"}
 SAME_BLOCKS = {
     **{f"plain{d}": "plain20" for d in (32, 44, 56, 110)},
     **{f"resnet{d}": "resnet20" for d in (32, 44, 56, 110, 1202)},
@@ -82,24 +86,20 @@ def _params():
         elif name in SAME_BLOCKS and not EXPORT_ALL:
             reason = f"same blocks as {SAME_BLOCKS[name]}, only deeper/wider (set RESNETLAB_EXPORT_ALL=1 to export it)"
             yield pytest.param(name, id=name, marks=pytest.mark.skip(reason=reason))
+        elif name in HEAVY and not EXPORT_ALL:
+            reason = "its torch.export took 14-58 s on a busy 2-core box (set RESNETLAB_EXPORT_ALL=1 to export it)"
+            yield pytest.param(name, id=name, marks=pytest.mark.skip(reason=reason))
         else:
             yield pytest.param(name, id=name, marks=pytest.mark.slow)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # On a shared 2-core box, 2 OpenMP threads fighting other processes make small forwards ~40x
-    # slower than 1 thread (measured: resnet20 batch 1, 0.4 vs 17 img/s at load average 12).
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.mark.parametrize("name", list(_params()))
-def test_onnx_parity_for_every_registered_model(name, tmp_path):
+def test_onnx_parity_for_every_registered_model(name, tmp_path, caplog):
     model = _small_model(name)
+    caplog.set_level(logging.INFO)  # what the CLI logs at
     result = export_onnx(model, tmp_path / f"{name}.onnx")
+    # The exporter's graph passes log "Removed N unused nodes" and the like at INFO; users see none of it.
+    assert not [r.name for r in caplog.records if r.name.startswith(("onnxscript", "onnx_ir")) and r.levelno < logging.WARNING]
     assert result.path.is_file() and result.sidecar.is_file()
     assert result.max_abs_diff <= result.tolerance
     # Independent check through the ONNX Predictor at a batch size never traced (5).
@@ -177,13 +177,17 @@ def test_onnx_without_metadata_props_falls_back_to_sidecar(onnx_export, tmp_path
         resnetlab.load(path)
 
 
-def test_parity_failure_is_loud_and_writes_nothing(run_dir, tmp_path, monkeypatch):
-    other = _small_model("cnn_baseline")  # a different network: its ONNX cannot match resnet20
-    other_bytes, _ = export_module._onnx_bytes(other, torch.randn(2, 3, 32, 32), 17, "legacy")
-    monkeypatch.setattr(export_module, "_onnx_bytes", lambda *args, **kwargs: (other_bytes, "legacy"))
+def test_parity_failure_is_loud_and_writes_nothing(onnx_export, run_dir, tmp_path, monkeypatch):
+    # The exporter hands back the ONNX graph of the unchanged weights (reused: each export costs
+    # seconds) while the model being exported has had one layer changed, so the outputs differ.
+    other_bytes = onnx_export[0].read_bytes()
+    monkeypatch.setattr(export_module, "_onnx_bytes", lambda *args, **kwargs: other_bytes)
+    model = load_model_file(run_dir)
+    with torch.no_grad():
+        model.fc.weight.add_(1.0)
     target = tmp_path / "wrong.onnx"
     with pytest.raises(ExportParityError, match="max abs"):
-        export_onnx(load_model_file(run_dir), target)
+        export_onnx(model, target)
     assert not target.exists() and not (tmp_path / "wrong.onnx.json").exists()
 
 
@@ -209,8 +213,19 @@ def test_unknown_format_and_missing_model_are_user_errors(run_dir, tmp_path, cap
     assert "not found" in capsys.readouterr().err
 
 
-@pytest.mark.slow
-def test_dynamo_exporter_also_works(run_dir, tmp_path):
-    result = export_onnx(load_model_file(run_dir), tmp_path / "dynamo.onnx", exporter="dynamo")
-    assert result.exporter == "dynamo"
-    assert resnetlab.load(result.path).classes == CLASSES
+def test_onnx_comes_from_torch_export(onnx_export):
+    # The deprecated TorchScript-based exporter stamps "pytorch" as producer and opset 17; the maintained
+    # one (torch.export + onnxscript) writes opset 18+ and records itself in the sidecar.
+    path, printed = onnx_export
+    proto = onnx.load(str(path))
+    assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) >= 18
+    sidecar = json.loads(path.with_name("model.onnx.json").read_text())
+    assert sidecar["exporter"] == "torch.export" and "exporter torch.export" in printed
+
+
+def test_opset_below_the_exporters_minimum_is_a_user_error(run_dir, tmp_path, capsys):
+    target = tmp_path / "old.onnx"
+    assert main(["export", str(run_dir), "--format", "onnx", "--opset", "17", "-o", str(target)]) == 1
+    err = capsys.readouterr().err
+    assert "--opset 17" in err and len(err.strip().splitlines()) == 1
+    assert not target.exists()

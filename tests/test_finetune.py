@@ -143,7 +143,10 @@ def test_linear_probe_resnet50_safetensors_keeps_backbone_bit_identical(tmp_path
     assert (result.run_dir / "eval" / "metrics.json").exists()  # the same final report as train
     seen = []
     result.model.conv1.register_forward_pre_hook(lambda m, args: seen.append(tuple(args[0].shape[-2:])))
-    result.model.eval()(torch.zeros(1, 3, 16, 16))
+    # Evaluation resizes to the model's input size itself (no hook is patched into the model).
+    from resnetlab.evaluation.predictions import collect_outputs
+
+    collect_outputs(result.model, torch.zeros(1, 16, 16, 3, dtype=torch.uint8))
     assert seen == [(32, 32)]
 
     # The run directory is itself a source: new classes get a new head, every other tensor is loaded.

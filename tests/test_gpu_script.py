@@ -61,7 +61,7 @@ def test_dry_run_reports_every_stage_with_measured_figures(tmp_path, small_image
             assert 0 <= run["val_acc_tta"] <= 1 and run["wall_s"] > 0 and run["steps"] == 2
         tta = recipe["val_acc_tta"]
         assert tta["n"] == 2 and tta["values"] == [r["val_acc_tta"] for r in recipe["runs"]]
-        assert tta["ci_low"] <= tta["mean"] <= tta["ci_high"]
+        assert tta["interval"][0] <= tta["mean"] <= tta["interval"][1]
     assert speed["recipes"]["record"]["overrides"]["model.options.widths"] == [16, 32, 32]  # the dry run's tiny widths
     assert speed["time_ratio_fast_over_record"] > 0
 

@@ -29,16 +29,6 @@ def test_zoo_lists_every_family():
     assert list_models("plain*") == ["plain110", "plain20", "plain32", "plain44", "plain56"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Inputs here are tiny: a second thread only adds synchronisation (and, on a busy CI machine,
-    # OpenMP spin-waiting); one thread is several times faster in CPU time.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def small_input_size(model: nn.Module) -> tuple[int, int, int]:
     """The smallest convenient input each architecture accepts, to keep the tests fast.
 

@@ -15,15 +15,6 @@ from resnetlab.models.blocks import BasicBlock, PadShortcut
 from resnetlab.models.summary import count_flops, count_parameters, model_summary, model_table
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny inputs: one thread is faster than two (see test_models.py)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def meta_model(name: str, **options) -> nn.Module:
     """Shapes only: counting parameters needs no memory or init."""
     with torch.device("meta"):

@@ -7,25 +7,13 @@ import json
 
 import pytest
 import torch
+from helpers import tiny_splits
 
 from resnetlab.config import build_config
-from resnetlab.data.imageset import DataSplits, ImageSet
 from resnetlab.engine import TrainingDiverged, train
 from resnetlab.engine.checkpoint import CheckpointManager
 from resnetlab.errors import ResnetlabError
 from resnetlab.models import create_model
-
-
-def tiny_splits(n_train: int = 64, n_val: int = 16, classes: int = 4) -> DataSplits:
-    g = torch.Generator().manual_seed(0)
-
-    def make(n):
-        labels = torch.arange(n) % classes
-        images = torch.randint(0, 60, (n, 32, 32, 3), generator=g, dtype=torch.uint8)
-        images[torch.arange(n), :, :, labels % 3] += 150  # learnable: class = dominant colour (mostly)
-        return ImageSet(images, labels.long(), [f"c{i}" for i in range(classes)], source="synthetic")
-
-    return DataSplits(make(n_train), make(n_val), make(n_val), name="synthetic")
 
 
 def config(tmp_path, **overrides):

@@ -30,16 +30,6 @@ from resnetlab.models.files import save_model_file
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # On a shared 2-core box, 2 OpenMP threads fighting other processes make small forwards ~40x
-    # slower than 1 thread (measured: resnet20 batch 1, 0.4 vs 17 img/s at load average 12).
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     torch.manual_seed(0)

@@ -25,7 +25,7 @@ from resnetlab.cli import main
 from resnetlab.engine.checkpoint import CheckpointManager
 from resnetlab.models import create_model
 from resnetlab.models.files import CHECKPOINT_KIND, load_checkpoint_dict
-from test_train_runner import make_image_folder
+from helpers import make_image_folder
 
 # cnn_baseline at its smallest: a run of two epochs on 32 images takes about a second.
 TRAIN = ["train", "--model", "cnn_baseline", "--set", "model.options={width: 4, hidden: 8}", "--epochs", "2",
@@ -413,7 +413,7 @@ def _killed_mid_save(path: Path) -> Path:
 
 
 def test_a_temporary_left_by_a_killed_save_is_removed_at_the_next_save(tmp_path):
-    from test_checkpoint import _checkpoint
+    from helpers import checkpoint_dict as _checkpoint
 
     left = _killed_mid_save(tmp_path / "last-00000002.pt")
     alive = tmp_path / f".best.pt.{os.getpid()}.abcdefgh.tmp"  # a save in progress (this process) is kept

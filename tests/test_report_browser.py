@@ -74,7 +74,7 @@ def test_report_served_under_its_content_security_policy(report_path):
     from resnetlab.inference.predictor import Predictor
     from resnetlab.models import create_model
     from resnetlab.serve.app import create_app
-    from test_serve import running_server  # one way to start the app under uvicorn in tests
+    from helpers import running_server  # one way to start the app under uvicorn in tests
 
     model = create_model("cnn_baseline", num_classes=len(CLASSES))
     model.meta.classes = list(CLASSES)

@@ -28,7 +28,7 @@ from resnetlab.inference.predictor import Predictor
 from resnetlab.models import create_model
 from resnetlab.models.files import save_model_file
 from resnetlab.serve.app import create_app
-from test_serve import running_server  # one way to start the app under uvicorn in tests
+from helpers import running_server  # one way to start the app under uvicorn in tests
 
 LIMIT_MB = 0.25
 QUICK_S = 5.0  # generous: CI boxes are shared; a hung or decoding server takes far longer

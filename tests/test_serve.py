@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import re
-import socket
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -16,7 +12,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
-import uvicorn
+from helpers import running_server
 from PIL import Image
 
 import resnetlab
@@ -26,38 +22,6 @@ from resnetlab.serve.app import create_app
 from resnetlab.serve.server import find_report_dir
 
 CLASSES = ["apple", "banana", "cherry"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # On a shared 2-core box, 2 OpenMP threads fighting other processes make small forwards ~40x
-    # slower than 1 thread (measured: resnet20 batch 1, 0.4 vs 17 img/s at load average 12).
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@contextlib.contextmanager
-def running_server(app):
-    """Run ``app`` with uvicorn in a thread on a free 127.0.0.1 port; yield its base URL."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
 
 
 def _image_bytes(fmt="JPEG", size=(48, 40), seed=0, mode="RGB") -> bytes:

@@ -22,14 +22,12 @@ from resnetlab.models.files import load_checkpoint_dict
 
 pytestmark = pytest.mark.slow
 
-HERE = Path(__file__).parent
 TOTAL = 60
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    sys.path.insert(0, str(HERE))
-    from test_train_runner import make_image_folder
+    from helpers import make_image_folder
 
     return make_image_folder(tmp_path_factory.mktemp("data") / "images", classes=4, per_class=24)
 

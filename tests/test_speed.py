@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import platform
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,6 @@ from resnetlab.config import build_config, load_recipe
 from resnetlab.engine.precision import cpu_has_native_bf16
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).parent))
 
 
 @pytest.mark.parametrize("name", ["fast", "fast96"])
@@ -33,7 +31,7 @@ def test_fast_recipes_resolve(name):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["fast", "fast96"])
 def test_fast_recipe_trains_two_steps_through_cli(tmp_path, name):
-    from test_train_runner import make_image_folder
+    from helpers import make_image_folder
 
     folder = make_image_folder(tmp_path / "images", classes=3, per_class=12, test_per_class=4)
     run = tmp_path / "run"

@@ -156,8 +156,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    sys.path.insert(0, str(RUNNER.parent))
-    from test_train_runner import make_image_folder
+    from helpers import make_image_folder
 
     return make_image_folder(tmp_path_factory.mktemp("data") / "images", classes=4, per_class=24)
 

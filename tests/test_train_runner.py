@@ -3,33 +3,11 @@
 ``python tests/test_train_runner.py train ...`` registers a tiny test model ``tiny_test_net``
 (a few conv channels, optional dropout, optional BatchNorm) and then runs the real resnetlab CLI.
 Registration happens only when run as a script, so the registry seen by other tests is untouched.
-It also provides ``make_image_folder`` for tests that need a small dataset on disk.
 """
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
-
-import numpy as np
-
-
-def make_image_folder(root: Path, classes: int = 4, per_class: int = 24, size: int = 32, test_per_class: int = 6, seed: int = 0) -> Path:
-    """A learnable synthetic image folder: each class is a colour with a bright square at a class-specific place."""
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    for split, count in (("train", per_class), ("test", test_per_class)):
-        for c in range(classes):
-            folder = root / split / f"class{c}"
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(count):
-                image = rng.integers(0, 80, (size, size, 3), dtype=np.uint8)
-                image[..., c % 3] += 100
-                y, x = (c * 7) % (size - 8), (c * 11) % (size - 8)
-                image[y : y + 8, x : x + 8] = 250
-                Image.fromarray(image).save(folder / f"{i:03d}.png")
-    return root
 
 
 def _register_tiny_model() -> None:

@@ -26,7 +26,7 @@ they come, so a killed stage still reports what it finished):
   (airbench94_muon's hyperparameters in our engine, benchmarks/speed.md) the same way. A 2-step
   warm-up run first compiles the step (its time is the compile time, reported apart); each seed is
   then timed from the ``train()`` call (data already in memory) to its 6-view TTA validation
-  accuracy. Mean and 95% t-interval (``resnetlab.engine.seeds.summarize``).
+  accuracy. Mean and 95% t-interval (``resnetlab.stats.t_interval``).
 
     bash benchmarks/gpu/run.sh                                  # the device run, everything
     .venv/bin/python benchmarks/gpu/run.py --dry-run --data ../shared/data/cifar10-jpeg-train.tar.gz
@@ -416,7 +416,7 @@ def worker_prewarm(args: argparse.Namespace, cfg: dict) -> dict:
 
 def worker_seeds(args: argparse.Namespace, cfg: dict) -> dict:
     """One recipe: a 2-step warm-up run (compiles), then seeds back to back until done or ``--until``."""
-    from resnetlab.engine.seeds import summarize
+    from resnetlab.stats import t_interval as summarize
 
     kind = args.recipe_kind
     splits = speed_splits(args, cfg)
@@ -683,9 +683,9 @@ def pct(value, digits: int = 2) -> str:
 def interval(entry: dict | None, scale: float = 100.0, unit: str = "%") -> str:
     if not entry or entry.get("mean") is None:
         return "n/a"
-    if entry.get("ci_low") is None:
+    if entry.get("interval") is None:
         return f"{scale * entry['mean']:.2f}{unit} (n=1)"
-    half = scale * (entry["ci_high"] - entry["mean"])
+    half = scale * (entry["interval"][1] - entry["mean"])
     return f"{scale * entry['mean']:.2f} ± {half:.2f}{unit} (n={entry['n']})"
 
 

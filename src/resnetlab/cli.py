@@ -42,13 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="print debug logging")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"resnetlab.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"resnetlab.commands.{name}":
-                continue  # command not built yet
-            raise
-        module.add_parser(subparsers)
+        importlib.import_module(f"resnetlab.commands.{name}").add_parser(subparsers)
     return parser
 
 

@@ -336,6 +336,15 @@ def _set_dotted(data: dict, key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+def section_from_dict(cls, data: Any, prefix: str = ""):
+    """Build the config dataclass ``cls`` from a mapping with the checks recipes get (unknown keys, types).
+
+    ``prefix`` names the section in error messages (``"finetune."``). Other packages' option
+    dataclasses (``finetune.run.FinetuneOptions``) read their YAML through this.
+    """
+    return _from_dict(cls, data, prefix)
+
+
 def _from_dict(cls, data: Any, prefix: str):
     if data is None:
         data = {}

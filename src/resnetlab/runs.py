@@ -1,6 +1,7 @@
 """The run directory: everything a training run leaves behind (layout in ARCHITECTURE.md).
 
-``RunDir`` only writes files (atomically); the engine decides what goes in them.
+``RunDir`` writes files (atomically; the engine decides what goes in them) and is the one reader of
+them for every other module.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from resnetlab.errors import ConfigError
+import yaml
+
+from resnetlab.errors import ConfigError, DataError
 from resnetlab.utils.atomic import atomic_write_text, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
@@ -63,7 +66,7 @@ class RunDir:
 
     def holds_run(self) -> bool:
         """True when the directory holds a run worth keeping: a checkpoint or a model file."""
-        if (self.path / "model.safetensors").exists():
+        if self.model_path.exists():
             return True
         try:
             return any(p.suffix == ".pt" for p in self.checkpoints.iterdir())
@@ -117,18 +120,69 @@ class RunDir:
             raise
         return self
 
-    # metrics
-    def read_metrics(self) -> list[dict]:
-        if not self.metrics_path.exists():
+    # reading: every module that looks into a run (compare, evaluate, experiments, finetune) goes through these
+    @classmethod
+    def find(cls, path: str | Path) -> "RunDir | None":
+        """The run directory holding ``path`` (itself, its model file, or a checkpoint under checkpoints/)."""
+        path = Path(path)
+        for candidate in (path, path.parent, path.parent.parent):
+            if candidate.is_dir() and (candidate / "config.yaml").is_file():
+                return cls(candidate)
+        return None
+
+    def is_run(self) -> bool:
+        """True when any of the engine's records is there (a finished, running or failed run)."""
+        return any((self.path / name).is_file() for name in ("summary.json", "metrics.jsonl", "config.yaml"))
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / "model.safetensors"
+
+    def read_config(self) -> dict:
+        """config.yaml as written (a plain dict; {} when absent). Not validated: old runs stay readable."""
+        if not self.config_path.is_file():
+            return {}
+        try:
+            config = yaml.safe_load(self.config_path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{self.config_path}: unreadable run config ({exc})") from exc
+        return config if isinstance(config, dict) else {}
+
+    def read_json(self, name: str) -> dict | None:
+        """A JSON object under the run (``summary.json``, ``eval/metrics.json``); None when absent."""
+        path = self.path / name
+        if not path.is_file():
+            return None
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise DataError(f"{path}: unreadable JSON ({exc})") from exc
+        return data if isinstance(data, dict) else None
+
+    def read_summary(self) -> dict:
+        return self.read_json("summary.json") or {}
+
+    def read_eval(self) -> dict | None:
+        """The test split's evaluation report (eval/metrics.json), when the run made one."""
+        return self.read_json("eval/metrics.json")
+
+    def read_jsonl(self, name: str) -> list[dict]:
+        """The records of ``name`` (metrics.jsonl, grad_norms.jsonl) up to the first line cut by a crash."""
+        path = self.path / name
+        if not path.is_file():
             return []
-        rows = []
-        for line in self.metrics_path.read_text().splitlines():
+        records = []
+        for line in path.read_text().splitlines():
             if line.strip():
                 try:
-                    rows.append(json.loads(line))
+                    records.append(json.loads(line))
                 except json.JSONDecodeError:
                     break  # a line cut by a crash: everything after it is not trusted
-        return rows
+        return records
+
+    # metrics
+    def read_metrics(self) -> list[dict]:
+        return self.read_jsonl("metrics.jsonl")
 
     def write_metrics(self, rows: list[dict]) -> None:
         """Rewrite metrics.jsonl and metrics.csv from ``rows`` (small: one row per epoch)."""
@@ -188,10 +242,7 @@ class RunDir:
         """curves.png: loss and accuracy per epoch (train and validation) and the learning rate."""
         if not rows:
             return None
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from resnetlab.utils.figures import plt, png_bytes
 
         epochs = [r["epoch"] for r in rows]
         fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
@@ -207,13 +258,10 @@ class RunDir:
         axes[0].legend()
         axes[1].legend()
         fig.tight_layout()
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=110)
-        plt.close(fig)
         from resnetlab.utils.atomic import atomic_write_bytes
 
         path = self.path / "curves.png"
-        atomic_write_bytes(path, buffer.getvalue())
+        atomic_write_bytes(path, png_bytes(fig, dpi=110, tight=False))
         return path
 
 

@@ -22,8 +22,6 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--output", "-o", metavar="FILE",
                         help="output file (default: RUN/model.onnx or RUN/model.torchscript.pt, or beside the model file)")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset version")
-    parser.add_argument("--onnx-exporter", choices=("legacy", "dynamo"), default="legacy",
-                        help="torch.onnx exporter: the TorchScript-based one (fast, exact for these nets) or torch.export")
     parser.add_argument("--atol", type=float, default=DEFAULT_ATOL,
                         help="allowed max abs difference to PyTorch, per unit of the largest logit (at least 1)")
     parser.set_defaults(run=run)
@@ -32,8 +30,7 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     from resnetlab.inference.export import export_model
 
-    result = export_model(args.model, args.format, args.output, opset=args.opset, atol=args.atol,
-                          exporter=args.onnx_exporter)
+    result = export_model(args.model, args.format, args.output, opset=args.opset, atol=args.atol)
     print(f"wrote {result.path} ({result.format}, exporter {result.exporter})")
     if result.sidecar:
         print(f"wrote {result.sidecar} (metadata)")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -118,10 +117,11 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from resnetlab.engine.signals import TrainingInterrupted
+    from resnetlab.engine import distributed
     from resnetlab.finetune import build_config, finetune
 
-    if os.environ.get("RANK", "0") != "0":
-        logging.getLogger().setLevel(logging.WARNING)
+    if not distributed.detect().is_main:
+        logging.getLogger().setLevel(logging.WARNING)  # rank 0 alone talks
     if args.seeds:
         raise ConfigError("--seeds is not offered by finetune: run it once per --seed")
     if args.source_format:
@@ -144,19 +144,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _resume(run_dir: Path, overrides: dict) -> int:
-    from resnetlab.config import build_config as build_train_config, load_recipe, write_config
+    from resnetlab.engine.resume import resume_config
     from resnetlab.finetune import resume
 
-    saved = run_dir / "config.yaml"
-    if not saved.exists():
-        raise ConfigError(f"--resume {run_dir}: no config.yaml there (not a run directory)")
     if any(k.startswith("finetune.") for k in overrides):
         raise ConfigError("--resume: the fine-tuning options are fixed by the run (finetune.json); only train options can change")
-    data = load_recipe(saved)
-    data.setdefault("debug", {})["stop_after_steps"] = None  # a test hook applies to one invocation only
-    overrides["run_dir"] = str(run_dir)
-    config = build_train_config(data, overrides)
-    if os.environ.get("RANK", "0") == "0":
-        write_config(config, saved)
-    resume(run_dir, config)
+    resume(run_dir, resume_config(run_dir, overrides))
     return 0

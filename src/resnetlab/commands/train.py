@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -101,32 +100,28 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from resnetlab.config import build_config, load_recipe
+    from resnetlab.config import build_config
+    from resnetlab.engine import distributed
     from resnetlab.engine.signals import TrainingInterrupted
 
-    if os.environ.get("RANK", "0") != "0":
+    if not distributed.detect().is_main:
         logging.getLogger().setLevel(logging.WARNING)  # rank 0 alone talks
     overrides = overrides_from_args(args)
     try:
         if args.resume:
             if args.seeds or args.recipe:
                 raise ConfigError("--resume continues a run with its own config.yaml: do not combine it with --recipe or --seeds")
-            saved = Path(args.resume) / "config.yaml"
-            if not saved.exists():
-                raise ConfigError(f"--resume {args.resume}: no config.yaml there (not a run directory)")
-            data = load_recipe(saved)
-            data.setdefault("debug", {})["stop_after_steps"] = None  # a test hook applies to one invocation only
-            overrides["run_dir"] = str(args.resume)
-            config = build_config(data, overrides)
-            return _train(config, resume_from=args.resume)
+            from resnetlab.engine.resume import resume_config
+
+            return _train(resume_config(args.resume, overrides), resume_from=args.resume)
         config = build_config(args.recipe, overrides)
         if args.seeds:
             from resnetlab.engine.seeds import train_seeds
 
-            report = train_seeds(config, _int_list(args.seeds, "--seeds"))
+            report = train_seeds(config, _int_list(args.seeds, "--seeds"), train_fn=_train_with_report)
             final = report["final_acc"]
             print(f"seeds {report['seeds']}: {report['metric']} mean {final['mean']} std {final['std']} "
-                  f"95% CI [{final['ci_low']}, {final['ci_high']}]")
+                  f"95% CI {final['interval']}")
             return 0
         return _train(config)
     except TrainingInterrupted as exc:
@@ -135,13 +130,19 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _train(config, resume_from=None) -> int:
-    from resnetlab.config import write_config
+    _train_with_report(config, resume_from=resume_from)
+    return 0
+
+
+def _train_with_report(config, **options):
+    """``engine.train`` with the evaluation report as its final evaluation (the engine cannot import it)."""
     from resnetlab.engine import train
 
-    if resume_from is not None and os.environ.get("RANK", "0") == "0":
-        write_config(config, Path(resume_from) / "config.yaml")  # overrides given with --resume are recorded
-    train(config, resume_from=resume_from)
-    return 0
+    final_report = None
+    if config.eval_report:  # imported only when used: matplotlib & co. cost ~1 s per process
+        from resnetlab.evaluation import evaluate_model as final_report
+
+    return train(config, final_report=final_report, **options)
 
 
 def _int_list(text: str, option: str) -> list[int]:

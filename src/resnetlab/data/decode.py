@@ -1,13 +1,15 @@
 """Decode image files to uint8 RGB arrays of one size, in parallel over all cores.
 
-Conversion rules (documented for users in ``data info --help`` and the README):
+The rules are ``resnetlab.imaging``'s, shared with predict/serve/evaluate (documented for users in
+``data info --help`` and the README):
 - any PIL mode becomes RGB; grayscale is replicated to three channels;
 - alpha is dropped (colour channels kept as stored), as torchvision's ImageFolder loader does;
 - CMYK, palette, YCbCr, LAB... use PIL's ``convert("RGB")``;
 - 16-bit images are scaled to 8 bits (value * 255 / 65535), never clipped;
 - with ``image_size`` S, the shorter side is resized to S (bicubic, antialiased) and the centre
   S x S is kept, so aspect ratios are never distorted;
-- the EXIF orientation is applied (phone photos are stored sideways), as at inference time;
+- the EXIF orientation is applied (phone photos are stored sideways), as at inference time; a
+  malformed EXIF block is ignored, as at inference time;
 - animated GIF/WebP/TIFF: the first frame.
 """
 
@@ -21,9 +23,10 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
-from resnetlab.errors import DataError
+from resnetlab import imaging
+from resnetlab.imaging import IMAGE_EXTENSIONS, ImageDecodeError, ImageError, ImageTooLargeError  # noqa: F401
 from resnetlab.utils.regular_files import FileRefused, read_regular_file
 
 try:  # libjpeg-turbo through simplejpeg: ~5x faster than PIL on small JPEGs (PIL parses markers in Python)
@@ -31,20 +34,19 @@ try:  # libjpeg-turbo through simplejpeg: ~5x faster than PIL on small JPEGs (PI
 except ImportError:  # pragma: no cover - optional speed-up; PIL decodes everything on its own
     simplejpeg = None
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 # Files that operating systems drop into folders; never images, never worth a warning.
 JUNK_NAMES = frozenset({"thumbs.db", "desktop.ini"})
-# Decompression-bomb limit in pixels (PIL's default, ~89 M). Module-level so tests can lower it.
-MAX_PIXELS = int(Image.MAX_IMAGE_PIXELS or 89_478_485)
-# Largest image file read, in bytes: above any real picture under MAX_PIXELS (89 MP of 16-bit RGBA
-# is 716 MB uncompressed), and the bound that keeps a huge "x.jpg" (a disk image) out of memory.
+# Decompression-bomb limit in pixels (imaging.MAX_PIXELS). Module-level so tests can lower it.
+MAX_PIXELS = imaging.MAX_PIXELS
+# Largest image file read, in bytes: above any real picture under MAX_PIXELS (50 MP of 16-bit RGBA
+# is 400 MB uncompressed), and the bound that keeps a huge "x.jpg" (a disk image) out of memory.
 MAX_FILE_BYTES = 1 << 30
 # Below this many images the pool's start-up costs more than it saves.
 PARALLEL_MIN_IMAGES = 2048
 
 
-class BadImage(DataError):
-    """A file that could not be turned into an image; ``str()`` says why (callers prefix the file name)."""
+# Any image failure; ``str()`` says why (callers prefix the file name).
+BadImage = ImageError
 
 
 @dataclass(frozen=True)
@@ -56,31 +58,6 @@ class Source:
     offset: int = 0
     size: int = 0
     refused: str | None = None  # why it must not be read (a FIFO, a device...): reported like a bad image
-
-
-def _to_rgb(image: Image.Image) -> Image.Image:
-    if image.mode == "RGB":
-        return image
-    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-        # 16-bit grayscale (PNG/TIFF): scale the full 16-bit range to 8 bits.
-        values = np.asarray(image).astype(np.float64)
-        gray = np.clip(np.rint(values * (255.0 / 65535.0)), 0, 255).astype(np.uint8)
-        return Image.fromarray(gray, mode="L").convert("RGB")
-    if image.mode == "F":
-        gray = np.clip(np.rint(np.asarray(image)), 0, 255).astype(np.uint8)
-        return Image.fromarray(gray, mode="L").convert("RGB")
-    return image.convert("RGB")  # L, 1, P, PA, LA, RGBA (alpha dropped), CMYK, YCbCr, LAB, HSV
-
-
-def _resize(image: Image.Image, size: int) -> Image.Image:
-    width, height = image.size
-    if (width, height) == (size, size):
-        return image
-    scale = size / min(width, height)
-    new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
-    image = image.resize((new_w, new_h), Image.Resampling.BICUBIC)
-    left, top = (new_w - size) // 2, (new_h - size) // 2
-    return image.crop((left, top, left + size, top + size))
 
 
 def _has_exif(data) -> bool:
@@ -116,7 +93,7 @@ def _fast_jpeg(data, image_size: int | None) -> np.ndarray | None:
 def decode_bytes(data: bytes | memoryview, image_size: int | None = None) -> np.ndarray:
     """Decode one encoded image to uint8 (H, W, 3); raise BadImage saying what is wrong."""
     if len(data) == 0:
-        raise BadImage("is empty (0 bytes)")
+        raise ImageDecodeError("is empty (0 bytes)")
     fast = _fast_jpeg(data, image_size)
     if fast is not None:
         return fast
@@ -125,31 +102,31 @@ def decode_bytes(data: bytes | memoryview, image_size: int | None = None) -> np.
         try:
             image = Image.open(io.BytesIO(data))
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise BadImage(f"is a decompression bomb ({exc})") from None
+            raise ImageTooLargeError(f"is a decompression bomb ({exc})") from None
         except UnidentifiedImageError:
-            raise BadImage("is not an image PIL can read (unknown format or corrupt header)") from None
+            raise ImageDecodeError("is not an image PIL can read (unknown format or corrupt header)") from None
         except (OSError, SyntaxError, ValueError) as exc:
-            raise BadImage(f"is corrupt or truncated (cannot read its header: {exc})") from None
+            raise ImageDecodeError(f"is corrupt or truncated (cannot read its header: {exc})") from None
         width, height = image.size
         if width * height > MAX_PIXELS:
-            raise BadImage(
+            raise ImageTooLargeError(
                 f"is a decompression bomb: {width}x{height} = {width * height:,} pixels is over the "
-                f"limit of {MAX_PIXELS:,} (PIL.Image.MAX_IMAGE_PIXELS); resize it or remove it"
+                f"limit of {MAX_PIXELS:,} (resnetlab.imaging.MAX_PIXELS); resize it or remove it"
             )
         if width == 0 or height == 0:
-            raise BadImage(f"has zero size ({width}x{height})")
+            raise ImageDecodeError(f"has zero size ({width}x{height})")
         try:
-            image.load()
-            if image.getexif().get(0x0112, 1) != 1:  # EXIF orientation
-                image = ImageOps.exif_transpose(image)
-            image = _to_rgb(image)
             if image_size is not None:
-                image = _resize(image, image_size)
+                imaging.draft(image, (image_size, image_size))
+            image.load()
+            image = imaging.to_rgb(imaging.oriented(image))
+            if image_size is not None:
+                image = imaging.fit(image, (image_size, image_size))
             array = np.asarray(image, dtype=np.uint8)
         except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
-            raise BadImage(f"is corrupt or truncated ({exc})") from None
+            raise ImageDecodeError(f"is corrupt or truncated ({exc})") from None
     if array.ndim != 3 or array.shape[2] != 3:
-        raise BadImage(f"decoded to an unexpected shape {array.shape}")
+        raise ImageDecodeError(f"decoded to an unexpected shape {array.shape}")
     return array
 
 

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 FOLDER_READ_ALREADY = "is a link to a folder read already"
-CACHE_VERSION = 3  # bump when decoding rules change so old caches are not reused (3: only regular files, links followed)
+CACHE_VERSION = 4  # bump when decoding rules change so old caches are not reused (4: resnetlab.imaging, JPEG draft)
 
 
 @dataclass

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 from pathlib import Path
@@ -48,10 +47,7 @@ def sample_grid(imageset: ImageSet, per_class: int = 8, seed: int = 0, max_class
 
 def save_sample_grid(imageset: ImageSet, path: str | os.PathLike, per_class: int = 8, seed: int = 0) -> Path:
     """Write the sample grid as a PNG with class names down the left side."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from resnetlab.utils.figures import plt, png_bytes
 
     grid = sample_grid(imageset, per_class=per_class, seed=seed)
     h = imageset.image_size[0] + 2
@@ -62,11 +58,8 @@ def save_sample_grid(imageset: ImageSet, path: str | os.PathLike, per_class: int
     ax.set_xticks([])
     ax.set_title(f"{per_class} random images per class")
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
     path = Path(path)
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_write_bytes(path, png_bytes(fig, dpi=100, tight=False))
     return path
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import torch
-import torch.nn.functional as F
 
 from resnetlab.data.augment import (
     AugmentConfig,
@@ -27,6 +26,7 @@ from resnetlab.data.augment import (
 )
 from resnetlab.data.imageset import ImageSet
 from resnetlab.errors import ConfigError
+from resnetlab.imaging import normalization, normalize_nchw, resize_float
 
 # Stream ids for mix_seed, so the order and each kind of random draw never share a generator.
 _ORDER, _PARAMS, _POLICY, _FLIP_BASE = 0, 1, 2, 3
@@ -76,9 +76,7 @@ class DeviceLoader:
         mean = torch.tensor(mean if mean is not None else imageset.mean, dtype=torch.float32)
         std = torch.tensor(std if std is not None else imageset.std, dtype=torch.float32)
         self.mean, self.std = tuple(mean.tolist()), tuple(std.tolist())
-        # x_norm = (x_uint8 - 255 mean) / (255 std), as one subtract and one multiply per batch
-        self._shift = (mean * 255.0).view(1, 3, 1, 1).to(self.device)
-        self._scale = (1.0 / (std * 255.0)).view(1, 3, 1, 1).to(self.device)
+        self._shift, self._scale = normalization(self.mean, self.std, self.device)
         n = len(self.labels)
         self.sample_weights = None
         if sample_weights is not None and train:
@@ -134,11 +132,10 @@ class DeviceLoader:
             if self.augment is not None:
                 x = self._augment(idx, dev_idx, epoch, k, lo, len(chunk))
             else:
-                x = self._normalize(self.images.index_select(0, dev_idx))
+                x = normalize_nchw(self.images.index_select(0, dev_idx), self._shift, self._scale)
             target = self._size_at(epoch)
             if target is not None and tuple(x.shape[-2:]) != tuple(target):
-                x = F.interpolate(x, size=target, mode="bilinear", align_corners=False,
-                                  antialias=target[0] < x.shape[-2])
+                x = resize_float(x, target)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, y
@@ -150,9 +147,6 @@ class DeviceLoader:
         """(H, W) of this epoch's batches: the progressive size when the augmentation sets one."""
         side = self.augment.size_at(epoch) if self.augment is not None else None
         return (side, side) if side is not None else self.resize_to
-
-    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
-        return x.float().sub_(self._shift).mul_(self._scale)
 
     def _augment(self, idx: torch.Tensor, dev_idx: torch.Tensor, epoch: int, k: int, lo: int, size: int) -> torch.Tensor:
         """Augment this rank's slice [lo, lo+B) of global batch k (``size`` images in all).
@@ -187,7 +181,7 @@ class DeviceLoader:
         if cfg.rotation:
             angles = (torch.rand(size, generator=gen, dtype=torch.float64)[lo:hi] * 2 - 1) * cfg.rotation
             x = rotate(x, angles.float())
-        x = x.sub_(self._shift).mul_(self._scale)
+        x = normalize_nchw(x, self._shift, self._scale)
         if cfg.cutout:  # after normalization, so the square is mean-coloured (0), DeVries & Taylor 2017
             centers = torch.stack([torch.randint(0, h, (size,), generator=gen),
                                    torch.randint(0, w, (size,), generator=gen)], 1)[lo:hi]

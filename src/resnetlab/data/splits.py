@@ -68,6 +68,16 @@ def load_splits(
     return DataSplits(train=train, val=val, test=test, name=name)
 
 
+def load_splits_for(data) -> DataSplits:
+    """:func:`load_splits` of a resolved config's ``data:`` section (``config.DataConfig``).
+
+    Training, fine-tuning and anything else holding a config load their data through this one call,
+    so every field of the section (split seed, ``skip_bad``...) reaches the loader the same way.
+    """
+    return load_splits(data.spec, data_dir=data.data_dir, image_size=data.image_size, val_size=data.val_size,
+                       seed=data.split_seed, limit_train=data.limit_train, skip_bad=data.skip_bad)
+
+
 def printable_name(name: str) -> str:
     """A class (folder) or file name every writer accepts: bytes that are not UTF-8 and control
     characters become backslash escapes (folder ``b"caf\\xe9"`` -> class ``caf\\xe9``).

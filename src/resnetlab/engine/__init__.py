@@ -6,11 +6,11 @@ Imports are lazy so that ``resnetlab.engine.schedule`` & co. load without the wh
 
 import importlib
 
-__all__ = ["train", "fit", "TrainResult", "TrainingDiverged"]
+__all__ = ["train", "TrainResult", "TrainingDiverged"]
 
 
 def __getattr__(name):
     if name in __all__:
         module = importlib.import_module("resnetlab.engine.trainer")
-        return getattr(module, "train" if name == "fit" else name)
+        return getattr(module, name)
     raise AttributeError(name)

@@ -37,23 +37,6 @@ class Precision:
         return torch.autocast(device_type=self.device.type, dtype=self.dtype)
 
 
-def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
-    """``auto`` -> cuda when available else cpu; under torchrun each process takes cuda:LOCAL_RANK."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise ConfigError(f"--device {name!r}: not a device name ({exc})") from exc
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
-        if device.index is None:
-            device = torch.device("cuda", local_rank or 0)
-        torch.cuda.set_device(device)
-    return device
-
-
 def cpu_has_native_bf16() -> bool:
     """True when this CPU multiplies bf16 in hardware (AMX tiles or AVX512-BF16), which oneDNN's
     convolutions and matmuls use under autocast. Older torch builds lack the probes: False."""

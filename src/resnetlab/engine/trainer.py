@@ -3,7 +3,7 @@
 This is the one entry point behind ``resnetlab train`` and ``resnetlab finetune``:
 
     train(config, *, model=None, splits=None, param_groups=None, on_epoch_start=None,
-          resume_from=None) -> TrainResult
+          resume_from=None, records=None, final_report=None) -> TrainResult
 
 - ``model``: an ``nn.Module`` with ``.meta`` to train instead of ``create_model(config.model...)``;
   its ``meta.mean``/``meta.std`` are the normalization used (a pretrained model keeps its own).
@@ -15,6 +15,11 @@ This is the one entry point behind ``resnetlab train`` and ``resnetlab finetune`
 - ``resume_from``: a run directory to continue from its newest intact checkpoint.
 - ``records``: extra text files (name -> content) written into a new run directory as it is
   created (fine-tuning's ``finetune.json``).
+- ``final_report(model, imageset, out_dir, *, device, batch_size, tta, context) -> dict`` with an
+  ``accuracy`` key: writes the held-out split's report into ``RUN_DIR/eval`` when
+  ``config.eval_report`` is on (callers pass ``resnetlab.evaluation.evaluate_model``). It is passed
+  in because the engine sits below evaluation and never imports it; without one the final
+  evaluation is plain accuracy.
 
 Everything that can be checked (config, model, data, batch size) is checked before the run
 directory is created, and it is created all at once, so a mistake leaves no stub behind. At the
@@ -26,7 +31,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import random
 import sys
 import time
@@ -39,6 +43,7 @@ import torch
 import torch.nn as nn
 
 from resnetlab.config import TrainConfig, check_model, config_text
+from resnetlab.data.splits import load_splits_for
 from resnetlab.engine import distributed
 from resnetlab.engine.checkpoint import CheckpointManager, capture_rng_state, is_better, restore_rng_state
 from resnetlab.engine.ema import create_ema
@@ -47,14 +52,16 @@ from resnetlab.engine.loop import EpochStats, NonFiniteStep, StepOptions, TrainS
 from resnetlab.engine.optim import build_optimizer, param_groups as default_param_groups
 from resnetlab.engine.host_memory import keep_freed_memory, resolve_keep_host_memory
 from resnetlab.engine.precision import (COMPILE_CUDA_GRAPHS, Precision, compile_model, resolve_channels_last, resolve_compile,
-                                        resolve_device, resolve_precision)
+                                        resolve_precision)
 from resnetlab.engine.progress import EpochProgress
 from resnetlab.engine.schedule import StepPlan, TrainErrorWarmup, lr_at
 from resnetlab.engine.signals import StopRequest, TrainingInterrupted
 from resnetlab.errors import CheckpointError, ConfigError, DataError, ResnetlabError
 from resnetlab.models.files import unwrap, update_model_extra
 from resnetlab.runs import RunDir, default_run_dir, environment_record
+from resnetlab.stats import pct
 from resnetlab.utils.atomic import remove_stale_temporaries
+from resnetlab.utils.device import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -89,13 +96,14 @@ def train(
     on_epoch_start: Callable[[int, nn.Module, torch.optim.Optimizer], None] | None = None,
     resume_from: str | Path | None = None,
     records: dict[str, str] | None = None,
+    final_report: Callable[..., dict] | None = None,
 ) -> TrainResult:
     """Train per ``config`` and write the run directory; see the module docstring."""
     info = distributed.detect()
     device = resolve_device(config.device, info.local_rank)
     distributed.init(info, device)
     try:
-        return _Trainer(config, info, device).run(model, splits, param_groups, on_epoch_start, resume_from, records)
+        return _Trainer(config, info, device, final_report).run(model, splits, param_groups, on_epoch_start, resume_from, records)
     finally:
         distributed.shutdown(info)
 
@@ -103,7 +111,8 @@ def train(
 class _Trainer:
     """One run's wiring. Kept as a class only to share the handful of objects between phases."""
 
-    def __init__(self, config: TrainConfig, info: distributed.DistInfo, device: torch.device):
+    def __init__(self, config: TrainConfig, info: distributed.DistInfo, device: torch.device,
+                 final_report: Callable[..., dict] | None = None):
         config = copy.deepcopy(config)
         # Decided once, and recorded resolved in the run's config.yaml.
         config.model.channels_last = resolve_channels_last(config.model.channels_last, device)
@@ -122,6 +131,8 @@ class _Trainer:
         self.best: dict = {"val_acc": None, "epoch": None, "step": None}
         self.elapsed_before = 0.0
         self.last_checkpoint: Path | None = None
+        self.final_report = final_report
+        self.start_time: float | None = None  # set when the loop starts; before that no time has run
 
     # ------------------------------------------------------------------ setup
     def run(self, model, splits, param_groups, on_epoch_start, resume_from, records=None) -> TrainResult:
@@ -130,7 +141,7 @@ class _Trainer:
         if model is None and checkpoint is None:
             check_model(cfg)  # before the data loads, which can take minutes
         _seed_everything(cfg.seed)
-        splits = splits if splits is not None else _load_splits(cfg)
+        splits = splits if splits is not None else load_splits_for(cfg.data)
         _check_classes(splits.train, cfg.data.spec)
         raw = self._prepare_model(model, splits, fresh=checkpoint is None)
         self.raw = raw
@@ -413,7 +424,8 @@ class _Trainer:
         self.step_records = []
 
     def _elapsed(self) -> float:
-        return self.elapsed_before + time.perf_counter() - getattr(self, "start_time", time.perf_counter())
+        running = 0.0 if self.start_time is None else time.perf_counter() - self.start_time
+        return self.elapsed_before + running
 
     # ------------------------------------------------------------------ the end
     def _finish(self, splits) -> TrainResult:
@@ -478,7 +490,7 @@ class _Trainer:
             log.warning("curves.png was not written (%s)", _reason(exc))
         result.model, result.test_acc, result.test_split = model, test_acc, split_name
         result.summary = summary
-        print(f"done: best val acc {_pct(self.best['val_acc'])}, {split_name} acc {_pct(test_acc)} -> {self.run_dir.path}", flush=True)
+        print(f"done: best val acc {pct(self.best['val_acc'])}, {split_name} acc {pct(test_acc)} -> {self.run_dir.path}", flush=True)
         distributed.barrier(self.info)
         return result
 
@@ -498,24 +510,18 @@ class _Trainer:
         return model
 
     def _final_evaluation(self, model: nn.Module, test_set, split_name: str) -> tuple[float | None, str | None]:
-        """Evaluate the held-out split once: the evaluation report when available, else plain accuracy.
+        """Evaluate the held-out split once: the caller's report when given, else plain accuracy.
 
         Returns ``(accuracy, why the report failed or None)``. The model is already saved, so a
         failure here is a warning: the report falls back to plain accuracy, and that to None.
         """
         cfg = self.cfg
-        evaluate_model = None
-        if cfg.eval_report:
-            try:
-                from resnetlab.evaluation import evaluate_model
-            except ImportError:  # the evaluation package is optional for the engine
-                evaluate_model = None
         report_error = None
-        if evaluate_model is not None:
+        if cfg.eval_report and self.final_report is not None:
             context = {"run": self.run_dir.path.name, "split": split_name, "recipe": cfg.recipe, "data": cfg.data.spec}
             try:
-                report = evaluate_model(model, test_set, self.run_dir.eval_dir, device=str(self.device), batch_size=cfg.eval_batch_size, tta=cfg.tta, context=context)
-                return _accuracy_from_report(report), None
+                report = self.final_report(model, test_set, self.run_dir.eval_dir, device=str(self.device), batch_size=cfg.eval_batch_size, tta=cfg.tta, context=context)
+                return float(report["accuracy"]), None
             except Exception as exc:  # noqa: BLE001 - any report bug or disk problem; the model is safe
                 report_error = _reason(exc)
                 log.warning("warning: the evaluation report failed (%s); the model file and summary.json are saved; "
@@ -538,16 +544,6 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def _load_splits(cfg: TrainConfig):
-    from resnetlab.data import load_splits
-
-    d = cfg.data
-    return load_splits(
-        d.spec, data_dir=d.data_dir, image_size=d.image_size, val_size=d.val_size, seed=d.split_seed,
-        limit_train=d.limit_train, skip_bad=d.skip_bad,
-    )
 
 
 def _first_batch(train_set, model: nn.Module, device: torch.device, cfg: TrainConfig) -> torch.Tensor:
@@ -599,28 +595,12 @@ def _sample_weights(cfg: TrainConfig, train_set) -> torch.Tensor | None:
     return (1.0 / counts)[train_set.labels]
 
 
-def _accuracy_from_report(report) -> float | None:
-    if not isinstance(report, dict):
-        return None
-    for key in ("accuracy", "acc", "top1", "top1_acc"):
-        value = report.get(key)
-        if isinstance(value, dict):
-            value = value.get("estimate", value.get("value"))
-        if isinstance(value, (int, float)):
-            return float(value)
-    return None
-
-
 def _tensorboard(path: Path):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as exc:
         raise ConfigError("tensorboard: true needs the tensorboard package (pip install 'resnetlab[tensorboard]')") from exc
     return SummaryWriter(log_dir=str(path / "tensorboard"))
-
-
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None or not math.isfinite(value) else f"{100 * value:.2f}%"
 
 
 def _peak_memory(device: torch.device) -> dict:
@@ -636,6 +616,6 @@ def _peak_memory(device: torch.device) -> dict:
 def _epoch_line(row: dict, total_steps: int) -> str:
     return (
         f"epoch {row['epoch']:>3} step {row['step']}/{total_steps}  loss {row['train_loss']:.4f}  "
-        f"acc {_pct(row['train_acc'])}  val_loss {'n/a' if row['val_loss'] is None else format(row['val_loss'], '.4f')}  "
-        f"val_acc {_pct(row['val_acc'])}  lr {row['lr']:.4g}  {row['images_per_sec']:.0f} img/s  {row['epoch_time_s']:.1f}s"
+        f"acc {pct(row['train_acc'])}  val_loss {'n/a' if row['val_loss'] is None else format(row['val_loss'], '.4f')}  "
+        f"val_acc {pct(row['val_acc'])}  lr {row['lr']:.4g}  {row['images_per_sec']:.0f} img/s  {row['epoch_time_s']:.1f}s"
     )

@@ -7,7 +7,6 @@ seed-N/ run directories; it is shown as one row with mean ± std over seeds.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import re
@@ -17,19 +16,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
-import yaml  # noqa: E402
-from scipy import stats  # noqa: E402
 
 from resnetlab.errors import DataError  # noqa: E402
 from resnetlab.evaluation.metrics import accuracy_ci_from_counts, nan_safe  # noqa: E402
-from resnetlab.evaluation.plots import STYLE  # noqa: E402
+from resnetlab.runs import RunDir  # noqa: E402
+from resnetlab.stats import t_interval  # noqa: E402
 from resnetlab.utils.atomic import atomic_write_bytes, atomic_write_text  # noqa: E402
+from resnetlab.utils.figures import STYLE, plt, png_bytes  # noqa: E402
 
 NORM_LAYER = re.compile(r"(^|\.)(bn\d*|norm\d*|.*batchnorm.*|ln\d*|gn\d*)$", re.IGNORECASE)
 SHORTCUT = re.compile(r"(shortcut|downsample|skip)", re.IGNORECASE)
@@ -50,62 +45,27 @@ class Run:
 
 
 # ----------------------------------------------------------------------------- reading
-def _read_json(path: Path) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DataError(f"{path}: unreadable JSON ({exc})") from exc
-    return data if isinstance(data, dict) else None
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            break  # a line cut by a crash: what follows is not trusted
-    return records
-
-
 def read_grad_norms(path: str | Path) -> list[dict]:
     """Records of ``grad_norms.jsonl`` as ``{"step": s, "layers": [{"name", "depth", "grad_norm"}, ...]}``.
 
-    Accepts the explicit form (a ``layers`` list with depths) and the engine's per-parameter form
-    ``{"step": s, "grad_norms": {param_name: norm, ...}}``; for the latter, the depth of a layer is its
+    The engine writes ``{"step": s, "grad_norms": {param_name: norm, ...}}``; the depth of a layer is its
     position among the weights of convolutions and linear layers on the main path (normalization
     layers, biases and projection shortcuts are left out), in the model's parameter order.
     """
     out = []
-    for record in _read_jsonl(Path(path)):
-        step = record.get("step")
-        if isinstance(record.get("layers"), list):
-            layers = [
-                {"name": str(layer.get("name", i)), "depth": int(layer.get("depth", i)), "grad_norm": float(layer["grad_norm"])}
-                for i, layer in enumerate(record["layers"]) if isinstance(layer, dict) and layer.get("grad_norm") is not None
-            ]
-        elif isinstance(record.get("grad_norms"), dict):
-            layers = []
-            for name, norm in record["grad_norms"].items():
-                module, _, kind = name.rpartition(".")
-                if kind != "weight" or NORM_LAYER.search(module) or SHORTCUT.search(module) or norm is None:
-                    continue
-                layers.append({"name": module, "depth": len(layers), "grad_norm": float(norm)})
-        else:
+    path = Path(path)
+    for record in RunDir(path.parent).read_jsonl(path.name):
+        if not isinstance(record.get("grad_norms"), dict):
             continue
+        layers = []
+        for name, norm in record["grad_norms"].items():
+            module, _, kind = name.rpartition(".")
+            if kind != "weight" or NORM_LAYER.search(module) or SHORTCUT.search(module) or norm is None:
+                continue
+            layers.append({"name": module, "depth": len(layers), "grad_norm": float(norm)})
         if layers:
-            out.append({"step": step, "layers": sorted(layers, key=lambda layer: layer["depth"])})
+            out.append({"step": record.get("step"), "layers": layers})
     return out
-
-
-def _is_run_dir(path: Path) -> bool:
-    return (path / "summary.json").is_file() or (path / "metrics.jsonl").is_file() or (path / "config.yaml").is_file()
 
 
 def _seed_dirs(path: Path) -> list[Path]:
@@ -115,7 +75,7 @@ def _seed_dirs(path: Path) -> list[Path]:
         except ValueError:
             return math.inf
 
-    return sorted((p for p in path.glob("seed-*") if p.is_dir() and _is_run_dir(p)), key=seed_number)
+    return sorted((p for p in path.glob("seed-*") if p.is_dir() and RunDir(p).is_run()), key=seed_number)
 
 
 def read_run(path: str | Path) -> Run:
@@ -126,34 +86,26 @@ def read_run(path: str | Path) -> Run:
     seed_dirs = _seed_dirs(path)
     if seed_dirs and not (path / "summary.json").is_file():
         seeds = [read_run(p) for p in seed_dirs]
-        group = Run(path=path, name=path.name, config=seeds[0].config, summary=_read_json(path / "seeds.json") or {}, seeds=seeds)
+        group = Run(path=path, name=path.name, config=seeds[0].config, summary=RunDir(path).read_json("seeds.json") or {}, seeds=seeds)
         return group
-    if not _is_run_dir(path):
+    run = RunDir(path)
+    if not run.is_run():
         raise DataError(f"{path} is not a run directory (no summary.json, metrics.jsonl or config.yaml; "
                         "a multi-seed run holds seed-N/ folders)")
-    config = {}
-    if (path / "config.yaml").is_file():
-        try:
-            config = yaml.safe_load((path / "config.yaml").read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise DataError(f"{path / 'config.yaml'}: invalid YAML ({exc})") from exc
     return Run(
         path=path,
         name=path.name,
-        config=config if isinstance(config, dict) else {},
-        summary=_read_json(path / "summary.json") or {},
-        rows=_read_jsonl(path / "metrics.jsonl"),
-        eval=_read_json(path / "eval" / "metrics.json"),
+        config=run.read_config(),
+        summary=run.read_summary(),
+        rows=run.read_metrics(),
+        eval=run.read_eval(),
         grad_norms=read_grad_norms(path / "grad_norms.jsonl"),
     )
 
 
 # ----------------------------------------------------------------------------- summarizing
 def _val_count(run: Run) -> int | None:
-    for key in ("val_size", "num_val", "val_images"):
-        value = run.summary.get(key)
-        if isinstance(value, int) and value > 0:
-            return value
+    # The validation split's size is the resolved config's data.val_size (summary.json does not repeat it).
     value = (run.config.get("data") or {}).get("val_size") if isinstance(run.config.get("data"), dict) else None
     return int(value) if isinstance(value, (int, float)) and value >= 1 else None
 
@@ -201,18 +153,12 @@ def _single_row(run: Run) -> dict:
 
 
 def _mean_std(values: list[float]) -> dict | None:
-    values = [float(v) for v in values if v is not None]
-    if not values:
+    summary = t_interval(values)
+    if not summary["n"]:
         return None
-    n = len(values)
-    mean = float(np.mean(values))
-    std = float(np.std(values, ddof=1)) if n > 1 else None
-    entry = {"value": mean, "mean": mean, "std": std, "n": n, "values": values, "low": None, "high": None}
-    if n > 1:
-        # Student's t interval of the mean over seeds (few runs: the normal quantile would be too narrow).
-        half = stats.t.ppf(0.975, n - 1) * std / math.sqrt(n)
-        entry.update(low=mean - half, high=mean + half)
-    return entry
+    # value/low/high are the table's columns, shared with single runs' bootstrap entries.
+    low, high = summary["interval"] or (None, None)
+    return {**summary, "value": summary["mean"], "low": low, "high": high}
 
 
 def summarize_run(run: Run) -> dict:
@@ -298,13 +244,6 @@ def _series(run: Run, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | No
     return epochs, values, std
 
 
-def _png(fig) -> bytes:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return buffer.getvalue()
-
-
 def _colors(n: int):
     cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
     return [cmap(i % cmap.N) for i in range(n)]
@@ -334,7 +273,7 @@ def curves_png(runs: list[Run]) -> bytes:
             handles, labels = axes[1].get_legend_handles_labels()
         fig.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, -0.02), ncols=min(4, max(1, len(labels))), frameon=False)
         fig.tight_layout(rect=(0, 0.08, 1, 1))
-        return _png(fig)
+        return png_bytes(fig, dpi=120)
 
 
 def error_curves_png(runs: list[Run]) -> bytes:
@@ -350,7 +289,7 @@ def error_curves_png(runs: list[Run]) -> bytes:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set(title="Error: training (solid) and validation (dashed)", xlabel="epoch", ylabel="error (%)")
         ax.legend(fontsize=8, ncols=2)
-        return _png(fig)
+        return png_bytes(fig, dpi=120)
 
 
 def grad_norms_png(runs: list[Run]) -> bytes | None:
@@ -388,7 +327,7 @@ def grad_norms_png(runs: list[Run]) -> bytes | None:
             ax.legend(fontsize=8)
         axes[0].set_ylabel("L2 norm of the weight gradient")
         fig.tight_layout()
-        return _png(fig)
+        return png_bytes(fig, dpi=120)
 
 
 # ----------------------------------------------------------------------------- entry point

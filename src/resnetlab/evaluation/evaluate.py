@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from resnetlab import __version__
 from resnetlab.errors import DataError
 from resnetlab.evaluation import plots
-from resnetlab.evaluation.metrics import bootstrap_mean_ci, classification_metrics, nan_safe
+from resnetlab.evaluation.metrics import bootstrap_mean_ci, calibration_errors, classification_metrics, nan_safe
 from resnetlab.evaluation.predictions import collect_outputs, model_classes, model_num_classes
 from resnetlab.evaluation.report import render_html, render_markdown
 from resnetlab.utils.atomic import atomic_write_bytes, atomic_write_text
@@ -82,11 +82,9 @@ def _normalize_context(context: dict | None) -> dict:
 def _tta_summary(outputs, labels: torch.Tensor, seed: int) -> dict:
     plain_pred, tta_pred = outputs.probs.argmax(1), outputs.probs_tta.argmax(1)
     plain_ok, tta_ok = (plain_pred == labels), (tta_pred == labels)
-    num_classes = outputs.probs.shape[1]
-    from torchmetrics.functional.classification import multiclass_calibration_error
 
     def ece(p):
-        return multiclass_calibration_error(p.float(), labels, num_classes=num_classes, n_bins=15, norm="l1").item()
+        return calibration_errors(p, labels)[0]
 
     return {
         "enabled": True,

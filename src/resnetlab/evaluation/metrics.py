@@ -1,7 +1,8 @@
-"""Classification metrics from predicted probabilities, computed with torchmetrics and scikit-learn.
+"""Classification metrics from predicted probabilities, computed with scikit-learn and numpy.
 
 Everything here is a pure function of ``probs`` (N, C) and ``labels`` (N,): no models, no files.
-The one piece not taken from a library is the bootstrap (a resampling scheme, not a metric).
+Not taken from a library: top-k accuracy (one ``topk``), the calibration bins (ECE/MCE) and the
+bootstrap (a resampling scheme, not a metric).
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from sklearn.metrics import (
     roc_auc_score,
     roc_curve,
 )
-from torchmetrics.functional.classification import multiclass_accuracy, multiclass_calibration_error
 
 CURVE_POINTS = 101  # ROC/PR curves are stored in metrics.json sampled on this many grid points
 ECE_BINS = 15  # Guo et al. 2017, "On Calibration of Modern Neural Networks", use 15 equal-width bins
@@ -110,8 +110,8 @@ def roc_pr_curves(probs: np.ndarray, labels: np.ndarray, num_classes: int) -> di
 def reliability_bins(confidence: np.ndarray, correct: np.ndarray, n_bins: int = ECE_BINS) -> list[dict]:
     """Per-bin accuracy, mean confidence and count of the top-1 prediction (the reliability diagram).
 
-    Bins are the equal-width bins of torchmetrics' calibration error (a value on an edge goes to the
-    bin above it), so ``sum(count * |accuracy - confidence|) / N`` is the ECE it reports.
+    Bins are equal-width (a value on an edge goes to the bin above it, as in torchmetrics, which
+    computed our ECE before), so ``sum(count * |accuracy - confidence|) / N`` is the ECE.
     """
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     index = (np.searchsorted(edges, confidence, side="right") - 1).clip(0, n_bins - 1)
@@ -127,6 +127,23 @@ def reliability_bins(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 
             "confidence": float(conf_sum[i] / counts[i]) if filled else None,
         })
     return bins
+
+
+def calibration_errors(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = ECE_BINS) -> tuple[float, float]:
+    """(ECE, MCE) of the top-1 prediction over ``n_bins`` equal-width confidence bins (Guo et al. 2017)."""
+    p_np, y_np = probs.detach().cpu().double().numpy(), labels.cpu().numpy()
+    confidence = p_np.max(axis=1)
+    correct = (p_np.argmax(axis=1) == y_np).astype(np.float64)
+    gaps = [(b["count"], abs(b["accuracy"] - b["confidence"])) for b in reliability_bins(confidence, correct, n_bins) if b["count"]]
+    if not gaps:
+        return 0.0, 0.0
+    return sum(count * gap for count, gap in gaps) / len(y_np), max(gap for _, gap in gaps)
+
+
+def top_k_accuracy(probs: torch.Tensor, labels: torch.Tensor, k: int) -> float:
+    """Fraction of rows whose label is among the ``k`` highest probabilities."""
+    top = probs.topk(min(k, probs.shape[1]), dim=1).indices
+    return float((top == labels[:, None]).any(dim=1).double().mean())
 
 
 def most_confused_pairs(cm: np.ndarray, classes: list[str], top: int = 10) -> list[dict]:
@@ -165,8 +182,7 @@ def classification_metrics(probs: torch.Tensor, labels: torch.Tensor, classes: l
     correct = (pred == y_np).astype(np.float64)
     class_ids = list(range(num_classes))
 
-    top1 = multiclass_accuracy(probs, labels, num_classes=num_classes, average="micro", top_k=1).item()
-    top5 = multiclass_accuracy(probs, labels, num_classes=num_classes, average="micro", top_k=min(5, num_classes)).item()
+    top1, top5 = top_k_accuracy(probs, labels, 1), top_k_accuracy(probs, labels, 5)
     if loss is None:
         loss = F.nll_loss(probs.clamp_min(1e-12).log(), labels).item()
 
@@ -197,8 +213,7 @@ def classification_metrics(probs: torch.Tensor, labels: torch.Tensor, classes: l
     ap_micro = float(average_precision_score(onehot, p_np, average="micro")) if has_both else None
 
     curves = roc_pr_curves(p_np, y_np, num_classes)
-    ece = multiclass_calibration_error(probs.float(), labels, num_classes=num_classes, n_bins=ECE_BINS, norm="l1").item()
-    mce = multiclass_calibration_error(probs.float(), labels, num_classes=num_classes, n_bins=ECE_BINS, norm="max").item()
+    ece, mce = calibration_errors(probs, labels)
     conf_hist_edges = np.linspace(0.0, 1.0, 21)
     hist_right, _ = np.histogram(confidence[correct == 1], bins=conf_hist_edges)
     hist_wrong, _ = np.histogram(confidence[correct == 0], bins=conf_hist_edges)

@@ -6,39 +6,14 @@ caller decides where the PNG goes (an atomic file write, a base64 data URI).
 
 from __future__ import annotations
 
-import io
+import numpy as np
 
-import matplotlib
-
-matplotlib.use("Agg")  # no display; must precede pyplot
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from resnetlab.evaluation.metrics import roc_pr_curves  # noqa: E402
+from resnetlab.evaluation.metrics import roc_pr_curves
+from resnetlab.utils.figures import STYLE, plt, png_bytes
 
 DPI = 120
 BLUE, ORANGE, GREEN, RED, GREY = "#2563eb", "#f59e0b", "#10b981", "#dc2626", "#6b7280"
-STYLE = {
-    "font.size": 10,
-    "axes.titlesize": 12,
-    "axes.titleweight": "bold",
-    "axes.spines.top": False,
-    "axes.spines.right": False,
-    "axes.grid": True,
-    "grid.alpha": 0.25,
-    "legend.frameon": True,
-    "legend.framealpha": 0.92,
-    "legend.edgecolor": "#e5e7eb",
-    "figure.facecolor": "white",
-}
 MANY_CLASSES = 12  # above this, per-class labels/legends would be unreadable: plots switch layout
-
-
-def _png(fig) -> bytes:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
-    plt.close(fig)
-    return buffer.getvalue()
 
 
 def _class_colors(n: int):
@@ -72,7 +47,7 @@ def confusion_matrix_png(metrics: dict, classes: list[str]) -> bytes:
         ax.set_xlabel("predicted class")
         ax.set_ylabel("true class")
         ax.set_title(f"Confusion matrix (accuracy {metrics['accuracy']:.2%}, n = {metrics['num_samples']})")
-        return _png(fig)
+        return png_bytes(fig, dpi=DPI)
 
 
 def _mean_curve(curves: dict, keys: list, grid: np.ndarray) -> np.ndarray:
@@ -104,7 +79,7 @@ def roc_png(probs: np.ndarray, labels: np.ndarray, metrics: dict, classes: list[
         ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), xlabel="false positive rate", ylabel="true positive rate")
         ax.set_title("ROC, one class vs rest (AUC)")
         ax.legend(loc="lower right", fontsize=8 if few else 9)
-        return _png(fig)
+        return png_bytes(fig, dpi=DPI)
 
 
 def pr_png(probs: np.ndarray, labels: np.ndarray, metrics: dict, classes: list[str]) -> bytes:
@@ -127,7 +102,7 @@ def pr_png(probs: np.ndarray, labels: np.ndarray, metrics: dict, classes: list[s
         macro = metrics["macro"]["average_precision"]
         ax.set_title("Precision-recall, one class vs rest (AP)" + (f"; macro AP {macro:.3f}" if macro is not None else ""))
         ax.legend(loc="lower left", fontsize=8 if few else 9)
-        return _png(fig)
+        return png_bytes(fig, dpi=DPI)
 
 
 def reliability_png(metrics: dict) -> bytes:
@@ -152,7 +127,7 @@ def reliability_png(metrics: dict) -> bytes:
         ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top-1 probability)", ylabel="accuracy")
         ax.set_title(f"Reliability diagram (ECE {cal['ece']:.2%}, {cal['n_bins']} bins; counts in bars)")
         ax.legend(loc="upper left")
-        return _png(fig)
+        return png_bytes(fig, dpi=DPI)
 
 
 def confidence_png(metrics: dict) -> bytes:
@@ -172,7 +147,7 @@ def confidence_png(metrics: dict) -> bytes:
         ax.set(xlim=(0, 1), xlabel="confidence (top-1 probability)", ylabel="images")
         ax.set_title("Confidence histogram")
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=2, frameon=False)
-        return _png(fig)
+        return png_bytes(fig, dpi=DPI)
 
 
 def per_class_png(metrics: dict) -> bytes:
@@ -201,7 +176,7 @@ def per_class_png(metrics: dict) -> bytes:
             ax.set(xlim=(0, 1.02), xlabel="score", ylim=(-1, len(order)))
             ax.legend(loc="lower right")
             ax.set_title("Per-class precision, recall and F1")
-        return _png(fig)
+        return png_bytes(fig, dpi=DPI)
 
 
 def _fit(image: np.ndarray, side: int) -> np.ndarray:
@@ -225,7 +200,7 @@ def wrong_images_png(images: np.ndarray, true: list[str], pred: list[str], confi
             fig, ax = plt.subplots(figsize=(6, 1.5))
             ax.axis("off")
             ax.text(0.5, 0.5, "No wrong predictions.", ha="center", va="center", fontsize=13)
-            return _png(fig)
+            return png_bytes(fig, dpi=DPI)
     cols = min(columns, count)
     rows = int(np.ceil(count / cols))
     side, cell_w, label_h, header = 136, 184, 44, 40  # pixels at DPI
@@ -246,7 +221,4 @@ def wrong_images_png(images: np.ndarray, true: list[str], pred: list[str], confi
     ax.set_xlim(0, width)
     ax.set_ylim(height, 0)
     ax.set_axis_off()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=DPI, facecolor="white")
-    plt.close(fig)
-    return buffer.getvalue()
+    return png_bytes(fig, dpi=DPI, tight=False, facecolor="white")

@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from resnetlab.errors import ConfigError
+from resnetlab.imaging import normalization, normalize_nchw, resize_float
 
 
 @dataclass
@@ -53,12 +54,16 @@ def logits_function(model, device: str | torch.device) -> Callable[[torch.Tensor
         if meta is None:
             raise ConfigError("evaluate_model: the nn.Module has no .meta (ModelMeta); build it with resnetlab.models.create_model")
         model.to(device).eval()
-        mean = torch.tensor(meta.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-        std = torch.tensor(meta.std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        shift, scale = normalization(meta.mean, meta.std, device)
+        size = tuple(meta.input_size[1:]) if getattr(meta, "input_size", None) else None
 
         def forward(batch: torch.Tensor) -> torch.Tensor:
-            x = batch.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)  # (B, 3, H, W) in [0, 1]
-            return model((x - mean) / std).float().cpu()
+            x = normalize_nchw(batch.to(device, non_blocking=True).permute(0, 3, 1, 2), shift, scale)  # (B, 3, H, W)
+            if size is not None and tuple(x.shape[-2:]) != size:
+                # The model's input size (e.g. fine-tuned at --resize 128 on 32x32 CIFAR): resized as the
+                # training loader's resize_to does, so evaluation sees what training saw.
+                x = resize_float(x, size)
+            return model(x).float().cpu()
 
         return forward
     if hasattr(model, "logits") and callable(model.logits):

@@ -12,6 +12,7 @@ from importlib import resources
 from string import Template
 
 from resnetlab import __version__
+from resnetlab.stats import pct
 
 FIGURES = [  # (file name, title, caption, full width)
     ("confusion_matrix.png", "Confusion matrix", "Rows are true classes, columns predictions; colour is the fraction of the row (recall), numbers are counts.", False),
@@ -22,10 +23,6 @@ FIGURES = [  # (file name, title, caption, full width)
     ("confidence.png", "Confidence histogram", "Top-1 probability of right and wrong predictions.", False),
     ("wrong_images.png", "Most confidently wrong", "The wrong predictions the model was most sure of: label noise, look-alike classes, or blind spots.", True),
 ]
-
-
-def _pct(value, digits: int = 2) -> str:
-    return "n/a" if value is None else f"{100 * value:.{digits}f}%"
 
 
 def _num(value, digits: int = 3) -> str:
@@ -49,7 +46,7 @@ def _card(label: str, value: str, note: str = "") -> str:
 
 
 def _ci_text(ci: dict) -> str:
-    return f"{ci['level']:.0%} CI {_pct(ci['low'])} – {_pct(ci['high'])}"
+    return f"{ci['level']:.0%} CI {pct(ci['low'])} – {pct(ci['high'])}"
 
 
 def headline(metrics: dict) -> str:
@@ -60,17 +57,17 @@ def headline(metrics: dict) -> str:
         _card("macro F1", _num(metrics["macro"]["f1"]), f"weighted {_num(metrics['weighted']['f1'])}"),
         _card("macro AUC", _num(metrics["macro"]["auc"], 4), f"micro {_num(metrics['micro']['auc'], 4)}"),
         _card("average precision", _num(metrics["macro"]["average_precision"], 4), "macro"),
-        _card("ECE", _pct(metrics["calibration"]["ece"]), f"{metrics['calibration']['n_bins']} bins; MCE {_pct(metrics['calibration']['mce'], 1)}"),
+        _card("ECE", pct(metrics["calibration"]["ece"]), f"{metrics['calibration']['n_bins']} bins; MCE {pct(metrics['calibration']['mce'], 1)}"),
     ]
     if metrics["num_classes"] > metrics["top_k"]:  # top-5 of 5 classes or fewer is trivially 100%
-        cards.insert(0, _card("top-5 accuracy", _pct(metrics["top5_accuracy"]), "true class in the 5 most likely"))
+        cards.insert(0, _card("top-5 accuracy", pct(metrics["top5_accuracy"]), "true class in the 5 most likely"))
     if tta.get("enabled"):
         delta = tta["accuracy_with"] - tta["accuracy_without"]
-        cards.append(_card("TTA effect", f"{100 * delta:+.2f} pt", f"{_pct(tta['accuracy_without'])} → {_pct(tta['accuracy_with'])}"))
+        cards.append(_card("TTA effect", f"{100 * delta:+.2f} pt", f"{pct(tta['accuracy_without'])} → {pct(tta['accuracy_with'])}"))
     label = "accuracy (with TTA)" if tta.get("enabled") else "top-1 accuracy"
     return (
         '<div class="hero"><div class="headline">'
-        f'<div class="label">{_e(label)}</div><div class="value">{_pct(metrics["accuracy"])}</div>'
+        f'<div class="label">{_e(label)}</div><div class="value">{pct(metrics["accuracy"])}</div>'
         f'<div class="ci">{_e(_ci_text(ci))} (bootstrap, {ci["n_resamples"]} resamples)<br>'
         f'{metrics["num_samples"]} images, {metrics["num_classes"]} classes</div></div>'
         f'<div class="cards">{"".join(cards)}</div></div>'
@@ -128,7 +125,7 @@ def confusions_table(metrics: dict) -> str:
     if not pairs:
         return '<section><h2>Most confused classes</h2><p>No confusions: every prediction is correct.</p></section>'
     rows = "".join(
-        f"<tr><td>{_e(p['true'])}</td><td class=l>{_e(p['predicted'])}</td><td>{p['count']}</td><td>{_pct(p['fraction_of_true'], 1)}</td></tr>"
+        f"<tr><td>{_e(p['true'])}</td><td class=l>{_e(p['predicted'])}</td><td>{p['count']}</td><td>{pct(p['fraction_of_true'], 1)}</td></tr>"
         for p in pairs
     )
     return ('<section><h2>Most confused classes</h2><p class="hint">Images of the true class predicted as another class.</p>'
@@ -142,8 +139,8 @@ def tta_table(metrics: dict) -> str:
         return ""
     gain = tta["gain_ci"]
     rows = (
-        f"<tr><td>without TTA</td><td>{_pct(tta['accuracy_without'])}</td><td>{_num(tta['loss_without'])}</td><td>{_pct(tta['ece_without'])}</td></tr>"
-        f"<tr><td>with TTA ({len(tta['views'])} views)</td><td>{_pct(tta['accuracy_with'])}</td><td>{_num(tta['loss_with'])}</td><td>{_pct(tta['ece_with'])}</td></tr>"
+        f"<tr><td>without TTA</td><td>{pct(tta['accuracy_without'])}</td><td>{_num(tta['loss_without'])}</td><td>{pct(tta['ece_without'])}</td></tr>"
+        f"<tr><td>with TTA ({len(tta['views'])} views)</td><td>{pct(tta['accuracy_with'])}</td><td>{_num(tta['loss_with'])}</td><td>{pct(tta['ece_with'])}</td></tr>"
     )
     return ('<section><h2>Test-time augmentation</h2>'
             f'<p class="hint">Softmax averaged over {_e(", ".join(tta["views"]))}. '
@@ -194,22 +191,22 @@ def render_markdown(metrics: dict, figure_names: list[str]) -> str:
         "",
         "| metric | value |",
         "|---|---|",
-        f"| top-1 accuracy | **{_pct(metrics['accuracy'])}** ({_ci_text(ci)}, bootstrap) |",
-        f"| top-{metrics['top_k']} accuracy | {_pct(metrics['top5_accuracy'])} |",
+        f"| top-1 accuracy | **{pct(metrics['accuracy'])}** ({_ci_text(ci)}, bootstrap) |",
+        f"| top-{metrics['top_k']} accuracy | {pct(metrics['top5_accuracy'])} |",
         f"| loss (cross-entropy) | {_num(metrics['loss'])} |",
         f"| macro / weighted F1 | {_num(metrics['macro']['f1'])} / {_num(metrics['weighted']['f1'])} |",
         f"| macro / micro AUC | {_num(metrics['macro']['auc'], 4)} / {_num(metrics['micro']['auc'], 4)} |",
         f"| macro / micro average precision | {_num(metrics['macro']['average_precision'], 4)} / {_num(metrics['micro']['average_precision'], 4)} |",
-        f"| ECE ({metrics['calibration']['n_bins']} bins) | {_pct(metrics['calibration']['ece'])} |",
+        f"| ECE ({metrics['calibration']['n_bins']} bins) | {pct(metrics['calibration']['ece'])} |",
     ]
     tta = metrics.get("tta") or {}
     if tta.get("enabled"):
-        lines.append(f"| TTA ({len(tta['views'])} views) | {_pct(tta['accuracy_without'])} → {_pct(tta['accuracy_with'])} |")
+        lines.append(f"| TTA ({len(tta['views'])} views) | {pct(tta['accuracy_without'])} → {pct(tta['accuracy_with'])} |")
     lines += ["", "## Per class", "", "| class | precision | recall | F1 | support |", "|---|---:|---:|---:|---:|"]
     lines += [f"| {r['class']} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} | {r['support']} |" for r in metrics["per_class"]]
     if metrics["most_confused"]:
         lines += ["", "## Most confused (true → predicted)", ""]
-        lines += [f"- {p['true']} → {p['predicted']}: {p['count']} ({_pct(p['fraction_of_true'], 1)} of {p['true']})" for p in metrics["most_confused"][:5]]
+        lines += [f"- {p['true']} → {p['predicted']}: {p['count']} ({pct(p['fraction_of_true'], 1)} of {p['true']})" for p in metrics["most_confused"][:5]]
     lines += ["", "## Figures", ""]
     lines += [f"![{name}]({name})" for name in figure_names]
     lines += ["", "Full report: [report.html](report.html); every number: [metrics.json](metrics.json).", ""]

@@ -8,41 +8,15 @@ import sys
 from pathlib import Path
 
 import torch
-import yaml
 
 from resnetlab.errors import CheckpointError, ConfigError, DataError
 from resnetlab.evaluation.evaluate import evaluate_model
+from resnetlab.runs import RunDir
+from resnetlab.utils.device import resolve_device
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("test", "val", "train", "all")
-
-
-def find_run_dir(path: Path) -> Path | None:
-    """The run directory holding ``path`` (itself, its model file, or a checkpoint under checkpoints/)."""
-    for candidate in (path, path.parent, path.parent.parent):
-        if candidate.is_dir() and (candidate / "config.yaml").is_file():
-            return candidate
-    return None
-
-
-def read_run_config(run_dir: Path | None) -> dict:
-    if run_dir is None:
-        return {}
-    path = run_dir / "config.yaml"
-    try:
-        config = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: unreadable run config ({exc})") from exc
-    return config if isinstance(config, dict) else {}
-
-
-def resolve_device(device: str | None) -> str:
-    if device in (None, "", "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device}: CUDA is not available on this machine (use cpu or auto)")
-    return str(device)
 
 
 def load_model_for_eval(path: str | Path, device: str = "cpu", source_format: str | None = None):
@@ -56,10 +30,8 @@ def load_model_for_eval(path: str | Path, device: str = "cpu", source_format: st
         raise CheckpointError(f"model not found: {path} (expected a run directory, a .safetensors/.pt file, an .onnx export "
                               "or a checkpoint of akamaster, kuangliu, torchvision or timm)")
     if path.suffix.lower() == ".onnx" and source_format is None:
-        try:
-            from resnetlab.inference import Predictor
-        except ImportError as exc:  # the inference package is optional for evaluation
-            raise CheckpointError(f"{path}: evaluating ONNX files needs resnetlab.inference ({exc})") from exc
+        from resnetlab.inference import Predictor
+
         return Predictor.load(path, device=device)
     return load_any_model(path, source_format, map_location=device)
 
@@ -88,8 +60,9 @@ def evaluate_path(model_path: str | Path, data: str | None = None, *, split: str
         raise ConfigError(f"--split {split!r}: choose one of {', '.join(SPLITS)}")
     device = resolve_device(device)
     model_path = Path(str(model_path))
-    run_dir = find_run_dir(model_path)
-    data_cfg = read_run_config(run_dir).get("data") or {}
+    run = RunDir.find(model_path)
+    run_dir = run.path if run else None
+    data_cfg = (run.read_config() if run else {}).get("data") or {}
     if not isinstance(data_cfg, dict):
         data_cfg = {}
     spec = data or data_cfg.get("spec")

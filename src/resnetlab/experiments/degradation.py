@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import shlex
 import time
 from dataclasses import asdict, dataclass, field
@@ -31,6 +30,7 @@ from pathlib import Path
 import yaml
 
 from resnetlab.errors import ConfigError
+from resnetlab.stats import pct, t_interval
 from resnetlab.utils.atomic import atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -157,12 +157,6 @@ def base_recipe(cfg: DegradationConfig, grad_steps: list[int]) -> dict:
     return recipe
 
 
-def _load_splits(cfg: DegradationConfig):
-    from resnetlab.data import load_splits
-
-    return load_splits(cfg.data, data_dir=cfg.data_dir, val_size=cfg.val_size, limit_train=cfg.limit_train)
-
-
 def experiment_command(cfg: DegradationConfig, out_dir: str | Path) -> str:
     """The command line that repeats this experiment, every setting spelled out."""
     args = ["resnetlab", "experiment", "degradation", "--preset", cfg.preset or "cpu",
@@ -201,13 +195,17 @@ def run_degradation(cfg: DegradationConfig, out_dir: str | Path, *, splits=None,
     """
     from resnetlab.config import build_config
     from resnetlab.engine import train
+    from resnetlab.evaluation import evaluate_model
     from resnetlab.runs import RunDir
 
     cfg.validate()
     out_dir = Path(out_dir)
     _check_same_experiment(out_dir, cfg)
     command = command or experiment_command(cfg, out_dir)
-    splits = splits if splits is not None else _load_splits(cfg)
+    if splits is None:
+        from resnetlab.data import load_splits
+
+        splits = load_splits(cfg.data, data_dir=cfg.data_dir, val_size=cfg.val_size, limit_train=cfg.limit_train)
     if splits.val is None or len(splits.val) == 0:
         raise ConfigError(f"{cfg.data}: no validation images; the experiment needs --val-size >= 1")
     steps_per_epoch = len(splits.train) // cfg.batch_size  # the engine's training loader drops the last partial batch
@@ -237,10 +235,10 @@ def run_degradation(cfg: DegradationConfig, out_dir: str | Path, *, splits=None,
         if (path / "summary.json").is_file():
             log.info("[%d/%d] %s seed %d: finished earlier, reusing %s", index, len(plan), model, seed, path)
         else:
-            resume = path if (path / "config.yaml").is_file() else None
+            resume = path if RunDir(path).config_path.is_file() else None
             log.info("[%d/%d] %s seed %d -> %s%s", index, len(plan), model, seed, path, " (resuming)" if resume else "")
             config = build_config(recipe_path, {"model.name": model, "seed": seed, "run_dir": str(path)})
-            train(config, splits=splits, resume_from=resume)
+            train(config, splits=splits, resume_from=resume, final_report=evaluate_model)
         runs.append(_run_record(RunDir(path), model, kind, depth, seed, train_command))
 
     results = summarize_runs(runs, cfg, experiment, time.perf_counter() - started)
@@ -254,7 +252,7 @@ def _run_record(run, model: str, kind: str, depth: int, seed: int, train_command
     rows = run.read_metrics()
     if not rows:
         raise ConfigError(f"{run.path}: the run wrote no metrics (delete it and repeat the command)")
-    summary = json.loads((run.path / "summary.json").read_text())
+    summary = run.read_summary()
     last = rows[-1]
     return {
         "model": model, "kind": kind, "depth": depth, "seed": seed, "run_dir": str(run.path),
@@ -266,7 +264,7 @@ def _run_record(run, model: str, kind: str, depth: int, seed: int, train_command
         "best_val_error": 1.0 - max(r["val_acc"] for r in rows),
         "curve": [{"epoch": r["epoch"], "step": r["step"], "train_error": 1.0 - r["train_acc"], "val_error": 1.0 - r["val_acc"]}
                   for r in rows],
-        "grad_norms": read_grad_norms(run.path / "grad_norms.jsonl"),
+        "grad_norms": read_grad_norms(run.path / "grad_norms.jsonl"),  # the one reader of the engine's format
         "train_command": train_command,
     }
 
@@ -278,9 +276,7 @@ METRICS = ("final_train_error", "final_val_error", "best_val_error")
 
 
 def summarize_runs(runs: list[dict], cfg: DegradationConfig, experiment: dict, wall_s: float) -> dict:
-    """Per model: each metric's mean, std and 95% t-interval over seeds (``resnetlab.engine.seeds.summarize``)."""
-    from resnetlab.engine.seeds import summarize
-
+    """Per model: each metric's mean, std and 95% t-interval over seeds (``resnetlab.stats.t_interval``)."""
     models = []
     for depth in cfg.depths:
         for kind in KINDS:
@@ -288,7 +284,7 @@ def summarize_runs(runs: list[dict], cfg: DegradationConfig, experiment: dict, w
             entry = {"model": model_name(kind, depth), "kind": kind, "depth": depth, "params": members[0]["params"],
                      "seeds": [r["seed"] for r in members]}
             for key in METRICS:
-                entry[key] = summarize([r[key] for r in members])
+                entry[key] = t_interval([r[key] for r in members])
             models.append(entry)
     return {
         "experiment": "degradation (He et al. 2016, Fig. 6)",
@@ -321,21 +317,23 @@ def depth_gaps(models: list[dict]) -> list[dict]:
     return gaps
 
 
-def _pct(value: float | None) -> str:
-    return "–" if value is None or not math.isfinite(value) else f"{100 * value:.2f}"
+def _cell(value: float | None) -> str:
+    # Table cells: the % sign is in the column header, and "–" reads as "not measured".
+    return pct(value, missing="–", sign="")
 
 
 def _mean_std(entry: dict) -> str:
     if entry["std"] is None:
-        return _pct(entry["mean"])
-    return f"{_pct(entry['mean'])} ± {_pct(entry['std'])}"
+        return _cell(entry["mean"])
+    return f"{_cell(entry['mean'])} ± {_cell(entry['std'])}"
 
 
 def _interval(entry: dict) -> str:
     # An error rate lies in [0, 1]; with 2 seeds the t-interval (t = 12.7) often reaches past it.
-    if entry["ci_low"] is None:
+    if entry["interval"] is None:
         return "–"
-    return f"[{_pct(max(entry['ci_low'], 0.0))}, {_pct(min(entry['ci_high'], 1.0))}]"
+    low, high = entry["interval"]
+    return f"[{_cell(max(low, 0.0))}, {_cell(min(high, 1.0))}]"
 
 
 def markdown(results: dict) -> str:
@@ -373,8 +371,8 @@ def markdown(results: dict) -> str:
     lines += ["```", "", "Per-seed results:", "", "| model | seed | steps | train error | val error | time | run |",
               "|---|---:|---:|---:|---:|---:|---|"]
     for r in results["runs"]:
-        lines.append(f"| {r['model']} | {r['seed']} | {r['steps']} | {_pct(r['final_train_error'])} | "
-                     f"{_pct(r['final_val_error'])} | {r['train_time_s'] or 0:.0f}s | `{r['run_dir']}` |")
+        lines.append(f"| {r['model']} | {r['seed']} | {r['steps']} | {_cell(r['final_train_error'])} | "
+                     f"{_cell(r['final_val_error'])} | {r['train_time_s'] or 0:.0f}s | `{r['run_dir']}` |")
     return "\n".join(lines) + "\n"
 
 

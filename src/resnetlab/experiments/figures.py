@@ -9,28 +9,15 @@ left plain nets, right ResNets, one colour per depth (the same in both panels).
 
 from __future__ import annotations
 
-import io
+import numpy as np
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from resnetlab.evaluation.plots import STYLE  # noqa: E402
+from resnetlab.utils.figures import STYLE, plt, png_bytes
 
 # The paper's convention (Fig. 4 and 6): thin dashed = training error, bold solid = held-out error.
 TRAIN_LINE = {"ls": "--", "lw": 1.3}
 VAL_LINE = {"ls": "-", "lw": 2.4}
 KIND_TITLES = {"plain": "Plain networks", "resnet": "ResNets"}
 KIND_COLORS = {"plain": "#d62728", "resnet": "#1f77b4"}
-
-
-def _png(fig) -> bytes:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return buffer.getvalue()
 
 
 def _depth_colors(depths: list[int]) -> dict[int, tuple]:
@@ -74,7 +61,7 @@ def degradation_png(results: dict) -> bytes:
         seeds = f"mean of {n_seeds} seeds, band: min–max" if n_seeds > 1 else "1 seed"
         fig.suptitle(f"Training error (dashed) and validation error (bold); {seeds}", fontsize=10)
         fig.tight_layout()
-        return _png(fig)
+        return png_bytes(fig, dpi=100)
 
 
 def _layer_norms(run: dict, which: int) -> tuple[int, np.ndarray] | None:
@@ -116,4 +103,4 @@ def grad_flow_png(results: dict) -> bytes:
                     ax.set_ylabel("‖∂loss/∂W‖₂")
         fig.suptitle("Gradient norm of each layer's weights (thin: single seeds, bold: geometric mean)", fontsize=10)
         fig.tight_layout()
-        return _png(fig)
+        return png_bytes(fig, dpi=100)

@@ -18,13 +18,14 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from resnetlab.config import TrainConfig
+from resnetlab.config import TrainConfig, section_from_dict
+from resnetlab.data.splits import load_splits_for
 from resnetlab.errors import ConfigError
 from resnetlab.finetune.adapt import STEM_INITS, KeyReport, build_model
 from resnetlab.finetune.sources import SourceWeights, load_source
 from resnetlab.finetune.strategy import FineTuneSchedule, StrategyConfig
+from resnetlab.runs import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +73,8 @@ class FinetuneOptions:
 
     @classmethod
     def from_dict(cls, data: dict | None) -> "FinetuneOptions":
-        from resnetlab.config import _from_dict  # the config module's typed, key-checked reader
-
         data = {("source" if k == "from" else k.replace("-", "_")): v for k, v in (data or {}).items()}
-        return _from_dict(cls, data, "finetune.")
+        return section_from_dict(cls, data, "finetune.")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -105,13 +104,13 @@ def finetune(config: TrainConfig, options: FinetuneOptions, *, splits=None):
     """
     from resnetlab.engine import train
     from resnetlab.engine.distributed import detect
-    from resnetlab.runs import RunDir, default_run_dir
+    from resnetlab.runs import default_run_dir
 
     options.validate()
     if not options.source:
         raise ConfigError("--from: say where the pretrained weights come from (run dir, .pth/.safetensors file, torchvision:NAME.WEIGHTS or timm:NAME)")
     config = copy.deepcopy(config)
-    splits = splits if splits is not None else _load_splits(config)
+    splits = splits if splits is not None else load_splits_for(config.data)
     source = load_source(options.source)
     torch.manual_seed(config.seed)  # the new head's init: a run is a function of its seed
     model_name = None if config.model.name == AUTO_MODEL else config.model.name
@@ -134,7 +133,7 @@ def finetune(config: TrainConfig, options: FinetuneOptions, *, splits=None):
         _print_plan(prepared, config)
     # The records go into the run directory as the engine creates it, after its checks have passed.
     return train(config, model=prepared.model, splits=splits, param_groups=prepared.schedule.groups, on_epoch_start=prepared.on_epoch_start,
-                 records=_records(options, prepared))
+                 records=_records(options, prepared), final_report=_final_report(config))
 
 
 def resume(run_dir: str | Path, config: TrainConfig | None = None, *, splits=None):
@@ -147,10 +146,12 @@ def resume(run_dir: str | Path, config: TrainConfig | None = None, *, splits=Non
     from resnetlab.models.registry import create_model
 
     run_dir = Path(run_dir)
-    record = run_dir / OPTIONS_FILE
-    if not record.is_file():
+    record = RunDir(run_dir).read_json(OPTIONS_FILE)
+    if record is None:
         raise ConfigError(f"--resume {run_dir}: no {OPTIONS_FILE} there (not a fine-tuning run; use 'resnetlab train --resume')")
-    options = FinetuneOptions.from_dict(json.loads(record.read_text())["options"])
+    if not isinstance(record.get("options"), dict):
+        raise ConfigError(f"--resume {run_dir}: {OPTIONS_FILE} holds no options mapping (the file was edited or cut)")
+    options = FinetuneOptions.from_dict(record["options"])
     config = config if config is not None else read_config(run_dir / "config.yaml")
     # Only the architecture is needed: the engine loads the weights from the same checkpoint.
     checkpoint, _ = CheckpointManager(run_dir / "checkpoints").load_newest_intact(map_location="cpu")
@@ -159,7 +160,16 @@ def resume(run_dir: str | Path, config: TrainConfig | None = None, *, splits=Non
     model.meta = meta
     prepared = _prepare(model, config, options, None, None, keep_grads=detect().enabled)
     return train(config, model=model, splits=splits, param_groups=prepared.schedule.groups,
-                 on_epoch_start=prepared.on_epoch_start, resume_from=run_dir)
+                 on_epoch_start=prepared.on_epoch_start, resume_from=run_dir, final_report=_final_report(config))
+
+
+def _final_report(config: TrainConfig):
+    """The evaluation report as the engine's final evaluation, imported only when the config asks for it (slow import)."""
+    if not config.eval_report:
+        return None
+    from resnetlab.evaluation import evaluate_model
+
+    return evaluate_model
 
 
 def build_config(recipe: str | Path | dict | None = None, overrides: dict | None = None) -> tuple[TrainConfig, FinetuneOptions]:
@@ -195,32 +205,7 @@ def _prepare(model, config: TrainConfig, options: FinetuneOptions, source, keys,
         config.optim.no_decay_bn_bias, keep_grads=keep_grads,
     )
     schedule.apply(0, model)  # before DDP wraps the model: it registers only parameters that need grads
-    if config.data.image_size:
-        install_input_resize(model, config.data.image_size)
     return Prepared(model, schedule, source, keys)
-
-
-def install_input_resize(model: nn.Module, size: int) -> None:
-    """Resize any input batch that is not ``size`` x ``size`` before the first layer.
-
-    ADAPTER: ``--resize N`` is ``data.image_size=N``, which the engine's ``DeviceLoader``
-    (``resize_to``) already applies on the device in training and validation, so there this hook
-    does nothing. It exists for the final report: ``evaluate_model`` feeds the test images at their
-    own size (32x32 CIFAR) and does not resize to ``meta.input_size``. Bilinear, as the loader.
-    The hook is not in the state dict; the model file records ``input_size``. Remove once
-    ``evaluation.predictions.logits_function`` resizes to ``meta.input_size``.
-    """
-    if getattr(model, "finetune_resize", None) == size:
-        return
-    model.finetune_resize = size
-
-    def hook(module, args):
-        x = args[0]  # (B, 3, H, W)
-        if tuple(x.shape[-2:]) != (size, size):
-            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=size < x.shape[-2])
-        return (x, *args[1:])
-
-    model.register_forward_pre_hook(hook)
 
 
 def _check_input_size(model: nn.Module, height: int) -> None:
@@ -260,16 +245,6 @@ def _print_plan(prepared: Prepared, config: TrainConfig) -> None:
     if schedule.config.strategy == "gradual":
         plan = "; ".join(f"epoch {e + 1}: +{', '.join(s)}" for e, s in schedule.unfreeze_epochs(config.epochs))
         print(f"unfreezing: {plan}", flush=True)
-
-
-def _load_splits(config: TrainConfig):
-    from resnetlab.data import load_splits
-
-    d = config.data
-    return load_splits(
-        d.spec, data_dir=d.data_dir, image_size=d.image_size, val_size=d.val_size, seed=d.split_seed,
-        limit_train=d.limit_train, skip_bad=d.skip_bad,
-    )
 
 
 def _merge(base: dict, update: dict) -> dict:

@@ -61,6 +61,7 @@ def run_transfer(data: str, out: str | Path, *, model: str = "resnet20", pretrai
                  pretrain_epochs: int = 10, shots: int = 20, epochs: int = 30, val_per_class: int = 20,
                  test_per_class: int = 500, seeds: tuple[int, ...] = (0, 1, 2), device: str = "auto") -> dict:
     from resnetlab.engine import train
+    from resnetlab.evaluation import evaluate_model
     from resnetlab.finetune.run import build_config as finetune_config, finetune
     from resnetlab.config import build_config
 
@@ -75,7 +76,7 @@ def run_transfer(data: str, out: str | Path, *, model: str = "resnet20", pretrai
         config = build_config({**common, "model": {"name": model}, "epochs": pretrain_epochs, "batch_size": min(128, len(pre_train) // 2),
                                "optim": {"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4},
                                "schedule": {"name": "cosine", "warmup": 1}, "run_dir": str(pre_run)})
-        train(config, splits=DataSplits(pre_train, pre_val, None, "pretrain"))
+        train(config, splits=DataSplits(pre_train, pre_val, None, "pretrain"), final_report=evaluate_model)
     pretrain = json.loads((pre_run / "summary.json").read_text())
 
     # One fixed test split (the first test_per_class of each target class); the few-shot train and
@@ -97,7 +98,7 @@ def run_transfer(data: str, out: str | Path, *, model: str = "resnet20", pretrai
         results["finetune"].append(finetune(config, options, splits=splits).test_acc)
         config = build_config({**budget, "model": {"name": model}, "run_dir": str(out / f"scratch-seed{seed}"),
                                "optim": {"lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4}})
-        results["scratch"].append(train(config, splits=splits).test_acc)
+        results["scratch"].append(train(config, splits=splits, final_report=evaluate_model).test_acc)
 
     summary = {
         "protocol": {"data": str(data), "model": model, "pretrain_classes": [everything.classes[c] for c in FIRST],

@@ -6,14 +6,15 @@ class names, mean/std, input size) is stored as JSON in ``metadata_props`` (key 
 plus readable single keys) and in a ``<file>.json`` sidecar. After writing, onnxruntime runs a random
 batch of a *different* size than the one traced and the max abs difference to PyTorch is checked.
 
-Exporter choice: the default is torch's TorchScript-based exporter (``dynamo=False``). On these
-plain conv nets (no data-dependent control flow) it is exact, ~20x faster than the torch.export
-("dynamo") path (0.1 s vs 2.7 s for a tiny net on 2 CPU cores; it matters when CI exports every
-registered model), and it takes ``dynamic_axes`` directly. ``exporter="dynamo"`` is available and
-is tried automatically when the TorchScript path fails; the parity check guards both.
+Exporter: torch.export with the dynamo ONNX exporter (``torch.onnx.export(..., dynamo=True)``), the
+maintained path; the TorchScript-based ONNX exporter it replaces is deprecated. It needs opset 18 or
+later. The onnxruntime parity check above guards every export.
 
-TorchScript: ``torch.jit.trace`` (the models are static graphs), metadata in ``_extra_files``
-under ``resnetlab_meta.json``; parity is checked by running the saved file again.
+TorchScript: kept because ``../shared/CLI.md`` promises ``--format torchscript`` for runtimes that only
+read TorchScript (libtorch in C++, ``torch.jit.load`` without resnetlab). torch.export's
+ExportedProgram cannot be turned into TorchScript, so this one format still uses ``torch.jit.trace``
+(the models are static graphs); metadata in ``_extra_files`` under ``resnetlab_meta.json``; parity is
+checked by running the saved file again. Everything inside resnetlab reads ONNX or our model files.
 """
 
 from __future__ import annotations
@@ -33,14 +34,14 @@ from resnetlab.errors import CheckpointError, ConfigError
 from resnetlab.inference.predictor import ONNX_META_KEY
 from resnetlab.utils.atomic import atomic_write_bytes, atomic_write_text, check_output_path
 
-log = logging.getLogger(__name__)
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
-DEFAULT_OPSET = 17
+DEFAULT_OPSET = 18  # the oldest opset the dynamo exporter writes
 DEFAULT_ATOL = 1e-4
 TORCHSCRIPT_META_FILE = "resnetlab_meta.json"
 FORMATS = ("onnx", "torchscript")
+EXPORTER = "torch.export"  # recorded in the sidecar and printed by the CLI
 
 
 class ExportParityError(CheckpointError):
@@ -67,7 +68,7 @@ def default_output(model_path: str | os.PathLike, fmt: str) -> Path:
 
 
 def export_model(model_path: str | os.PathLike, fmt: str, output: str | os.PathLike | None = None, *,
-                 opset: int = DEFAULT_OPSET, atol: float = DEFAULT_ATOL, exporter: str = "legacy") -> ExportResult:
+                 opset: int = DEFAULT_OPSET, atol: float = DEFAULT_ATOL) -> ExportResult:
     """Load a run directory / model file / checkpoint and export it (see module docstring)."""
     from resnetlab.models.files import model_source_files
     from resnetlab.models.importers import load_any_model
@@ -85,7 +86,7 @@ def export_model(model_path: str | os.PathLike, fmt: str, output: str | os.PathL
     # An outside checkpoint (akamaster .th, ...) is imported exactly or refused, like evaluate/predict/serve do.
     model = load_any_model(model_path, map_location="cpu")
     if fmt == "onnx":
-        return export_onnx(model, output, opset=opset, atol=atol, exporter=exporter,
+        return export_onnx(model, output, opset=opset, atol=atol,
                            extra={"source": str(model_path), **getattr(model, "extra", {})})
     return export_torchscript(model, output, atol=atol)
 
@@ -121,31 +122,31 @@ def onnx_metadata(meta, extra: dict | None = None) -> dict[str, str]:
     return props
 
 
-def _onnx_bytes(model: nn.Module, example: torch.Tensor, opset: int, exporter: str) -> tuple[bytes, str]:
+def _onnx_bytes(model: nn.Module, example: torch.Tensor, opset: int) -> bytes:
     import onnx
 
-    if exporter == "legacy":
-        buffer = io.BytesIO()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the deprecation notice of the TorchScript-based exporter
-            torch.onnx.export(
-                model, (example,), buffer, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-                opset_version=opset, do_constant_folding=True, dynamo=False,
-            )
-        return buffer.getvalue(), "legacy"
-    if exporter == "dynamo":
+    if opset < DEFAULT_OPSET:
+        raise ConfigError(f"--opset {opset}: the torch.export ONNX exporter writes opset {DEFAULT_OPSET} or later")
+    # The CLI logs at INFO; the exporter's graph passes would print dozens of "Removed N unused
+    # nodes" lines there. Their warnings and errors still come through.
+    quiet = [logging.getLogger(name) for name in ("onnxscript", "onnx_ir", "torch.onnx")]
+    levels = [logger.level for logger in quiet]
+    for logger in quiet:
+        logger.setLevel(max(logger.getEffectiveLevel(), logging.WARNING))
+    try:
         program = torch.onnx.export(
             model, (example,), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-            dynamic_shapes=({0: torch.export.Dim("batch", min=1)},), opset_version=max(opset, 18),
+            dynamic_shapes=({0: torch.export.Dim("batch", min=1)},), opset_version=opset,
             dynamo=True, verbose=False,
         )
-        return onnx.ModelProto.SerializeToString(program.model_proto), "dynamo"
-    raise ConfigError(f"--onnx-exporter {exporter!r}: choose legacy or dynamo")
+    finally:
+        for logger, level in zip(quiet, levels):
+            logger.setLevel(level)
+    return onnx.ModelProto.SerializeToString(program.model_proto)
 
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, atol: float = DEFAULT_ATOL,
-                exporter: str = "legacy", extra: dict | None = None) -> ExportResult:
+                extra: dict | None = None) -> ExportResult:
     """Write ``model`` as ONNX at ``path`` (+ ``path.json``) after checking parity with onnxruntime."""
     import onnx
     import onnxruntime as ort
@@ -155,17 +156,12 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, opset: int = DEFAU
     meta = model.meta
     example = _example(meta, 2, seed=0)
     try:
-        data, used = _onnx_bytes(model, example, opset, exporter)
+        data = _onnx_bytes(model, example, opset)
     except ConfigError:
         raise
     except Exception as exc:
-        if exporter != "legacy":
-            raise CheckpointError(f"ONNX export of {meta.name!r} failed: {exc}") from exc
-        log.warning("TorchScript-based ONNX export failed (%s); trying the dynamo exporter", str(exc).splitlines()[0])
-        try:
-            data, used = _onnx_bytes(model, example, opset, "dynamo")
-        except Exception as exc2:
-            raise CheckpointError(f"ONNX export of {meta.name!r} failed with both exporters: {exc2}") from exc2
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"ONNX export of {meta.name!r} failed: {first}") from exc
     proto = onnx.load_from_string(data)
     del proto.metadata_props[:]
     for key, value in onnx_metadata(meta, extra).items():
@@ -188,10 +184,10 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, opset: int = DEFAU
     sidecar = path.with_name(path.name + ".json")
     atomic_write_text(sidecar, json.dumps({
         "format": "resnetlab-onnx", "file": path.name, "input": INPUT_NAME, "output": OUTPUT_NAME,
-        "input_layout": "float32 NCHW, (pixel/255 - mean) / std", "opset": opset if used == "legacy" else max(opset, 18),
-        "exporter": used, "max_abs_diff": diff, "tolerance": allowed, "meta": meta.to_dict(), "extra": extra or {},
+        "input_layout": "float32 NCHW, (pixel/255 - mean) / std", "opset": opset,
+        "exporter": EXPORTER, "max_abs_diff": diff, "tolerance": allowed, "meta": meta.to_dict(), "extra": extra or {},
     }, indent=2, default=str))
-    return ExportResult(path=path, format="onnx", max_abs_diff=diff, tolerance=allowed, sidecar=sidecar, exporter=used)
+    return ExportResult(path=path, format="onnx", max_abs_diff=diff, tolerance=allowed, sidecar=sidecar, exporter=EXPORTER)
 
 
 def export_torchscript(model: nn.Module, path: str | os.PathLike, *, atol: float = DEFAULT_ATOL) -> ExportResult:

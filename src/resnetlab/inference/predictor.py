@@ -23,22 +23,11 @@ import numpy as np
 import torch
 
 from resnetlab.errors import CheckpointError, ConfigError
-from resnetlab.inference.preprocess import MAX_IMAGE_PIXELS, image_to_array, normalize, split_batch
+from resnetlab.imaging import fit_batch, normalize
+from resnetlab.inference.preprocess import MAX_IMAGE_PIXELS, image_to_array, split_batch
+from resnetlab.utils.device import resolve_device
 
 ONNX_META_KEY = "resnetlab.meta"
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``"auto"``/``None`` -> CUDA when available, else CPU; anything else as given."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ConfigError(f"--device {device!r} is not a device (use cpu, cuda, cuda:N or auto)") from exc
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device}: CUDA is not available on this machine (use cpu or auto)")
-    return resolved
 
 
 class Predictor:
@@ -166,7 +155,7 @@ class Predictor:
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"Predictor.logits expects uint8 (N, H, W, 3), got {images.dtype} {tuple(images.shape)}")
         if tuple(images.shape[1:3]) != self.image_size:
-            images = _resize_batch(images, self.image_size)
+            images = fit_batch(images, self.image_size)
         outputs = []
         for start in range(0, images.shape[0], batch_size):
             x = normalize(images[start:start + batch_size], self.meta.mean, self.meta.std)  # (B, 3, H, W)
@@ -193,18 +182,6 @@ class Predictor:
     def __repr__(self) -> str:
         return (f"Predictor({self.meta.name!r}, backend={self.backend!r}, classes={len(self.classes)}, "
                 f"input_size={tuple(self.meta.input_size)}, device={str(self.device)!r})")
-
-
-def _resize_batch(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    # Same geometry as fit_image (shorter side, center crop) done on a uint8 batch.
-    x = images.permute(0, 3, 1, 2).float()  # (N, 3, H, W)
-    height, width = x.shape[-2:]
-    scale = max(size[0] / height, size[1] / width)
-    new_h, new_w = max(size[0], round(height * scale)), max(size[1], round(width * scale))
-    x = torch.nn.functional.interpolate(x, size=(new_h, new_w), mode="bicubic", antialias=True, align_corners=False)
-    top, left = (new_h - size[0]) // 2, (new_w - size[1]) // 2
-    x = x[:, :, top:top + size[0], left:left + size[1]]
-    return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
 
 def _check_onnx_shapes(session, meta, path: Path) -> None:

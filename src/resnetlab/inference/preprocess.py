@@ -22,29 +22,17 @@ import threading
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO, Sequence
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from resnetlab.errors import DataError
-
-# 50 megapixels: generous for photos (a 48 MP phone picture passes) yet far below what a crafted
-# file can claim (a 100 KB PNG can declare 10^10 pixels and exhaust memory when decoded).
-MAX_IMAGE_PIXELS = 50_000_000
-
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".jfif"}
-)
-
-
-class ImageDecodeError(DataError):
-    """The content is not an image PIL can decode (text file, truncated or corrupt image, empty file)."""
-
-
-class ImageTooLargeError(DataError):
-    """The image declares more pixels than allowed (a decompression bomb or simply too big)."""
+# The rules themselves live in resnetlab.imaging; re-exported here for existing callers.
+from resnetlab.imaging import IMAGE_EXTENSIONS, ImageDecodeError, ImageTooLargeError, normalize  # noqa: F401
+from resnetlab.imaging import MAX_PIXELS as MAX_IMAGE_PIXELS
+from resnetlab.imaging import draft, fit, oriented, to_rgb
 
 
 def _describe(source: Any, name: str | None) -> str:
@@ -97,8 +85,8 @@ def open_image(source: str | os.PathLike | bytes | BinaryIO, *, name: str | None
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(source)
         _check_pixels(image, label, max_pixels)
-        if draft_size is not None and image.format == "JPEG":
-            image.draft("RGB", _draft_request(image.size, draft_size))
+        if draft_size is not None:
+            draft(image, (draft_size[1], draft_size[0]))
     except ImageTooLargeError:
         raise
     except Exception as exc:
@@ -125,13 +113,7 @@ def _decoded_rgb(image: Image.Image, label: str) -> Image.Image:
         image.load()
     except Exception as exc:
         raise _decode_error(exc, label) from exc
-    try:
-        # Only when the tag asks for it: exif_transpose copies the picture even when nothing turns.
-        if image.getexif().get(0x0112, 1) != 1:
-            image = ImageOps.exif_transpose(image)
-    except Exception:  # a malformed EXIF block must not make an otherwise fine picture unusable
-        pass
-    return _to_rgb(image)
+    return to_rgb(oriented(image))
 
 
 # ---- bounded decoding -----------------------------------------------------------------------------
@@ -211,7 +193,7 @@ def decode_cost(image: Image.Image) -> int:
 
     PIL stores 1-byte modes at 1 byte a pixel, 16-bit grey at 2 and every other mode (RGB included) at
     4; converting to RGB adds an RGB copy (and for 16-bit/float grey the float64 array of
-    :func:`_to_rgb`); an EXIF rotation adds another copy.
+    :func:`resnetlab.imaging.to_rgb`); an EXIF rotation adds another copy.
     """
     width, height = image.size
     mode = image.mode
@@ -236,45 +218,16 @@ def _check_pixels(image: Image.Image, label: str, max_pixels: int) -> None:
         raise ImageDecodeError(f"{label}: image has zero size ({width}x{height})")
 
 
-def _draft_request(size: tuple[int, int], target: tuple[int, int]) -> tuple[int, int]:
-    # Ask for twice the target so the final antialiased resize still has detail to average.
-    scale = max(2 * target[0] / size[0], 2 * target[1] / size[1])
-    return max(1, int(size[0] * scale)), max(1, int(size[1] * scale))
-
-
-def _to_rgb(image: Image.Image) -> Image.Image:
-    # Same rules as the training decoder (resnetlab.data.decode), so a file predicts as it trained.
-    if image.mode == "RGB":
-        return image
-    if image.mode.startswith("I;16") or image.mode == "I":
-        # 16-bit greyscale: scale the full 16-bit range to 8 bits instead of clipping.
-        values = np.asarray(image).astype(np.float64)
-        gray = np.clip(np.rint(values * (255.0 / 65535.0)), 0, 255).astype(np.uint8)
-        return Image.fromarray(gray, mode="L").convert("RGB")
-    if image.mode == "F":
-        gray = np.clip(np.rint(np.asarray(image)), 0, 255).astype(np.uint8)
-        return Image.fromarray(gray, mode="L").convert("RGB")
-    return image.convert("RGB")  # L, 1, P, LA, RGBA (alpha dropped, as torchvision's loader does), CMYK...
-
-
 def fit_image(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
-    """Resize the shorter side to ``size`` (H, W) (bicubic, antialiased) and center-crop; uint8 (H, W, 3)."""
-    height, width = size
-    if image.size != (width, height):
-        scale = max(width / image.size[0], height / image.size[1])
-        new_w = max(width, round(image.size[0] * scale))
-        new_h = max(height, round(image.size[1] * scale))
-        image = image.resize((new_w, new_h), Image.Resampling.BICUBIC)
-        left, top = (new_w - width) // 2, (new_h - height) // 2
-        image = image.crop((left, top, left + width, top + height))
-    return np.asarray(image, dtype=np.uint8).copy()
+    """:func:`resnetlab.imaging.fit` as a uint8 (H, W, 3) array."""
+    return np.asarray(fit(image, size), dtype=np.uint8).copy()
 
 
 def image_to_array(source: Any, size: tuple[int, int], *, name: str | None = None,
                    max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """Any one image (path, bytes, file object, PIL image, array, tensor) -> uint8 (H, W, 3) at ``size``."""
     if isinstance(source, (np.ndarray, torch.Tensor)):
-        return fit_image(_to_rgb(Image.fromarray(_array_to_uint8_hwc(source, name))), size)
+        return fit_image(to_rgb(Image.fromarray(_array_to_uint8_hwc(source, name))), size)
     if isinstance(source, Image.Image):
         return fit_image(load_image(source, name=name, max_pixels=max_pixels), size)
     image = open_image(source, name=name, max_pixels=max_pixels, draft_size=(size[1], size[0]))
@@ -293,16 +246,6 @@ def decode_to_array(image: Image.Image, size: tuple[int, int], *, name: str | No
         return fit_image(_decoded_rgb(image, name or "image"), size)
     finally:
         image.close()  # frees the decoded pixels now, not whenever the last reference goes
-
-
-def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """uint8 (N, H, W, 3) -> float32 (N, 3, H, W), ``(x / 255 - mean) / std``."""
-    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(f"expected uint8 (N, H, W, 3) images, got {images.dtype} {tuple(images.shape)}")
-    x = images.permute(0, 3, 1, 2).float().div_(255.0)  # (N, 3, H, W)
-    mean_t = torch.tensor(mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
-    return x.sub_(mean_t).div_(std_t).contiguous()
 
 
 # ---- arrays and tensors ---------------------------------------------------------------------------

@@ -94,6 +94,10 @@ def _check(data) -> ModelMeta:
     if not isinstance(options, dict) or not all(isinstance(k, str) for k in options):
         raise _Bad(f"options must be an object of model options, got {_short(options)}")
 
+    interpolation = data.get("interpolation", defaults.interpolation)
+    if interpolation != defaults.interpolation:  # the only resize resnetlab.imaging performs
+        raise _Bad(f"interpolation must be {defaults.interpolation!r}, got {_short(interpolation)}")
+
     return ModelMeta(
         name=name, num_classes=num_classes, input_size=(3, height, width),
         mean=tuple(float(v) for v in mean), std=tuple(float(v) for v in std),

@@ -14,6 +14,7 @@ from typing import Callable
 import torch.nn as nn
 
 from resnetlab.errors import ConfigError
+from resnetlab.imaging import INTERPOLATION
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
@@ -33,6 +34,7 @@ class ModelMeta:
     classifier: str = "fc"  # attribute path of the final nn.Linear (timm's convention)
     options: dict = field(default_factory=dict)  # the **options create_model was called with
     classes: list[str] | None = None  # filled in once the model is trained on named classes
+    interpolation: str = INTERPOLATION  # how every path resizes images to input_size (resnetlab.imaging)
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -137,13 +139,3 @@ def create_model(name: str, num_classes: int = 10, **options) -> nn.Module:
     for key, value in getattr(model, "meta_overrides", {}).items():
         setattr(model.meta, key, value)
     return model
-
-
-def get_submodule(model: nn.Module, path: str) -> nn.Module:
-    return model.get_submodule(path)
-
-
-def set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:
-    parent_path, _, attr = path.rpartition(".")
-    parent = model.get_submodule(parent_path) if parent_path else model
-    setattr(parent, attr, module)
