@@ -390,7 +390,7 @@ def test_decompression_bomb_is_refused_with_bounded_memory(tmp_path):
     result = _measure(tmp_path / "bomb-ds", "default")
     folder_error, bytes_error = result["outcomes"]
     assert "a/bomb.png: is a decompression bomb" in folder_error, result
-    assert "bomb.png: image is 12000x12000 = 144,000,000 pixels" in bytes_error, result
+    assert "bomb.png: is a decompression bomb: 12000x12000 = 144,000,000 pixels" in bytes_error, result
     assert result["peak_growth_mb"] < BOMB_BOUND_MB, result
 
 

@@ -46,6 +46,23 @@ class ImageTooLargeError(ImageError):
     """The image declares more pixels than allowed (a decompression bomb or simply too big)."""
 
 
+def check_size(image: Image.Image, max_pixels: int = MAX_PIXELS, label: str | None = None) -> None:
+    """Refuse a header whose size is zero or over ``max_pixels``, before any pixel is decoded.
+
+    One rule and one message for training data and for predict/serve uploads; ``label`` (a file
+    name) prefixes the message where the caller does not add it itself.
+    """
+    prefix = f"{label}: " if label else ""
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageTooLargeError(
+            f"{prefix}is a decompression bomb: {width}x{height} = {width * height:,} pixels is over the "
+            f"limit of {max_pixels:,} (resnetlab.imaging.MAX_PIXELS); shrink it or remove it"
+        )
+    if width == 0 or height == 0:
+        raise ImageDecodeError(f"{prefix}has zero size ({width}x{height})")
+
+
 def is_image_name(name: str) -> bool:
     dot = name.rfind(".")
     return dot >= 0 and name[dot:].lower() in IMAGE_EXTENSIONS

@@ -107,14 +107,7 @@ def decode_bytes(data: bytes | memoryview, image_size: int | None = None) -> np.
             raise ImageDecodeError("is not an image PIL can read (unknown format or corrupt header)") from None
         except (OSError, SyntaxError, ValueError) as exc:
             raise ImageDecodeError(f"is corrupt or truncated (cannot read its header: {exc})") from None
-        width, height = image.size
-        if width * height > MAX_PIXELS:
-            raise ImageTooLargeError(
-                f"is a decompression bomb: {width}x{height} = {width * height:,} pixels is over the "
-                f"limit of {MAX_PIXELS:,} (resnetlab.imaging.MAX_PIXELS); resize it or remove it"
-            )
-        if width == 0 or height == 0:
-            raise ImageDecodeError(f"has zero size ({width}x{height})")
+        imaging.check_size(image, MAX_PIXELS)
         try:
             if image_size is not None:
                 imaging.draft(image, (image_size, image_size))

@@ -54,6 +54,21 @@ def _mean_curve(curves: dict, keys: list, grid: np.ndarray) -> np.ndarray:
     return np.mean([np.interp(grid, *curves[k]) for k in keys], axis=0)
 
 
+def _class_curves(ax, curves: dict, metrics: dict, classes: list[str], colors, score: str) -> bool:
+    """One curve per class (labelled with its ``score`` when there are few classes, faint grey lines
+    otherwise) and the dashed micro average; returns whether the classes were few enough to label."""
+    few = len(classes) <= MANY_CLASSES
+    for c in [k for k in curves if k != "micro"]:
+        x, y = curves[c]
+        if few:
+            ax.plot(x, y, lw=1.3, color=colors[c], label=f"{classes[c]} ({metrics['per_class'][c][score]:.3f})")
+        else:
+            ax.plot(x, y, lw=0.6, color=GREY, alpha=0.35)
+    if "micro" in curves:
+        ax.plot(*curves["micro"], lw=2.4, ls="--", color="black", label=f"micro average ({metrics['micro'][score]:.3f})")
+    return few
+
+
 def roc_png(probs: np.ndarray, labels: np.ndarray, metrics: dict, classes: list[str]) -> bytes:
     """One-vs-rest ROC per class with micro and macro averages (AUC in the legend)."""
     curves = roc_pr_curves(probs, labels, len(classes))["roc"]
@@ -61,16 +76,7 @@ def roc_png(probs: np.ndarray, labels: np.ndarray, metrics: dict, classes: list[
     colors = _class_colors(len(classes))
     with plt.rc_context(STYLE):
         fig, ax = plt.subplots(figsize=(7.5, 6.5))
-        few = len(classes) <= MANY_CLASSES
-        for c in per_class:
-            fpr, tpr = curves[c]
-            auc = metrics["per_class"][c]["auc"]
-            if few:
-                ax.plot(fpr, tpr, lw=1.3, color=colors[c], label=f"{classes[c]} ({auc:.3f})")
-            else:
-                ax.plot(fpr, tpr, lw=0.6, color=GREY, alpha=0.35)
-        if "micro" in curves:
-            ax.plot(*curves["micro"], lw=2.4, ls="--", color="black", label=f"micro average ({metrics['micro']['auc']:.3f})")
+        few = _class_curves(ax, curves, metrics, classes, colors, "auc")
         if per_class:
             grid = np.linspace(0, 1, 201)
             ax.plot(grid, _mean_curve(curves, per_class, grid), lw=2.4, ls=":", color=RED,
@@ -88,16 +94,7 @@ def pr_png(probs: np.ndarray, labels: np.ndarray, metrics: dict, classes: list[s
     colors = _class_colors(len(classes))
     with plt.rc_context(STYLE):
         fig, ax = plt.subplots(figsize=(7.5, 6.5))
-        few = len(classes) <= MANY_CLASSES
-        for c in [k for k in curves if k != "micro"]:
-            recall, precision = curves[c]
-            ap = metrics["per_class"][c]["average_precision"]
-            if few:
-                ax.plot(recall, precision, lw=1.3, color=colors[c], label=f"{classes[c]} ({ap:.3f})")
-            else:
-                ax.plot(recall, precision, lw=0.6, color=GREY, alpha=0.35)
-        if "micro" in curves:
-            ax.plot(*curves["micro"], lw=2.4, ls="--", color="black", label=f"micro average ({metrics['micro']['average_precision']:.3f})")
+        few = _class_curves(ax, curves, metrics, classes, colors, "average_precision")
         ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.03), xlabel="recall", ylabel="precision")
         macro = metrics["macro"]["average_precision"]
         ax.set_title("Precision-recall, one class vs rest (AP)" + (f"; macro AP {macro:.3f}" if macro is not None else ""))

@@ -32,7 +32,7 @@ from resnetlab.errors import DataError
 # The rules themselves live in resnetlab.imaging; re-exported here for existing callers.
 from resnetlab.imaging import IMAGE_EXTENSIONS, ImageDecodeError, ImageTooLargeError, normalize  # noqa: F401
 from resnetlab.imaging import MAX_PIXELS as MAX_IMAGE_PIXELS
-from resnetlab.imaging import draft, fit, oriented, to_rgb
+from resnetlab.imaging import check_size, draft, fit, oriented, to_rgb
 
 
 def _describe(source: Any, name: str | None) -> str:
@@ -54,7 +54,7 @@ def load_image(source: str | os.PathLike | bytes | BinaryIO | Image.Image, *, na
     """
     label = _describe(source, name)
     if isinstance(source, Image.Image):
-        _check_pixels(source, label, max_pixels)
+        check_size(source, max_pixels, label)
         return _decoded_rgb(source, label)
     image = open_image(source, name=name, max_pixels=max_pixels, draft_size=draft_size)
     with DECODE_BUDGET.reserved(decode_cost(image)):
@@ -84,7 +84,7 @@ def open_image(source: str | os.PathLike | bytes | BinaryIO, *, name: str | None
             # PIL warns above its own limit; we raise our own clearer error below instead.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(source)
-        _check_pixels(image, label, max_pixels)
+        check_size(image, max_pixels, label)
         if draft_size is not None:
             draft(image, (draft_size[1], draft_size[0]))
     except ImageTooLargeError:
@@ -205,17 +205,6 @@ def decode_cost(image: Image.Image) -> int:
     if "exif" in image.info:
         per_pixel += 4
     return width * height * per_pixel
-
-
-def _check_pixels(image: Image.Image, label: str, max_pixels: int) -> None:
-    width, height = image.size
-    if width * height > max_pixels:
-        raise ImageTooLargeError(
-            f"{label}: image is {width}x{height} = {width * height:,} pixels, over the limit of "
-            f"{max_pixels:,} (a decompression bomb, or a picture to shrink first)"
-        )
-    if width == 0 or height == 0:
-        raise ImageDecodeError(f"{label}: image has zero size ({width}x{height})")
 
 
 def fit_image(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
