@@ -49,6 +49,18 @@ def make_image_folder(root: Path, classes: int = 4, per_class: int = 24, size: i
     return root
 
 
+def random_class_folder(root: Path, names=("a", "b"), per_class: int = 3, size: int = 32, seed: int = 0) -> Path:
+    """A plain ``<class>/*.png`` folder (no split subfolders) of random-noise images."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for name in names:
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(root / name / f"{i}.png")
+    return root
+
+
 def tiny_splits(n_train: int = 64, n_val: int = 16, classes: int = 4) -> DataSplits:
     """In-memory 32x32 splits whose class is (mostly) the dominant colour: no files, no decode."""
     g = torch.Generator().manual_seed(0)

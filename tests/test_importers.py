@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from conftest import REPO_ROOT
+from helpers import random_class_folder
 from resnetlab.cli import main
 from resnetlab.errors import CheckpointError, ConfigError, DataError
 from resnetlab.inference.predictor import Predictor
@@ -465,13 +466,7 @@ def test_serve_and_predict_take_the_th_file_directly(tmp_path, serve_process, ca
 @pytest.fixture
 def plain_folder(tmp_path):
     """<class>/*.png with two of CIFAR-10's classes in reverse alphabetical order of their indices."""
-    root = tmp_path / "photos"
-    rng = np.random.default_rng(0)
-    for name in ("ship", "cat"):
-        (root / name).mkdir(parents=True)
-        for i in range(3):
-            Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(root / name / f"{i}.png")
-    return root
+    return random_class_folder(tmp_path / "photos", names=("ship", "cat"), per_class=3, size=40)
 
 
 def test_evaluate_a_plain_folder_whole_with_classes_matched_by_name(tmp_path, plain_folder, caplog):

@@ -21,6 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
 import resnetlab
+from helpers import random_class_folder
 from resnetlab.cli import main
 from resnetlab.errors import CheckpointError
 from resnetlab.finetune.sources import load_source
@@ -204,12 +205,7 @@ def test_finetune_sources_refuse_it(model_dir, tmp_path, case):
 
 
 def test_finetune_from_command_refuses_num_classes_ten(model_dir, tmp_path, capsys):
-    folder = tmp_path / "data"
-    rng = np.random.default_rng(0)
-    for name in ("a", "b"):
-        (folder / name).mkdir(parents=True)
-        for i in range(3):
-            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / name / f"{i}.png")
+    folder = random_class_folder(tmp_path / "data")
     bad = _model_file_with(model_dir, tmp_path, {"num_classes": "ten"})
     run = tmp_path / "ft"
     # A batch the 6 images allow: without the check, the command would go on to train on this source.

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 import resnetlab
+from helpers import random_class_folder
 from resnetlab.cli import main
 from resnetlab.errors import CheckpointError, ConfigError
 from resnetlab.models import create_model
@@ -112,13 +113,7 @@ def _evil_checkpoint(path: Path, marker: Path, model=None) -> Path:
 
 @pytest.fixture
 def folder(tmp_path) -> Path:
-    root = tmp_path / "ds"
-    rng = np.random.default_rng(0)
-    for name in ("a", "b"):
-        (root / name).mkdir(parents=True)
-        for i in range(4):
-            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / name / f"{i}.png")
-    return root
+    return random_class_folder(tmp_path / "ds", per_class=4)
 
 
 @pytest.fixture
