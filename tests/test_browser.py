@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -83,7 +84,8 @@ def test_upload_an_image_and_see_the_bars(page, page_url, tmp_path):
     Image.fromarray(pixels).save(picture)
 
     page.goto(page_url)
-    page.wait_for_function("document.getElementById('model-info').textContent.includes('cnn_baseline')")
+    # A selector, not wait_for_function: its polling evaluates a string, which the page's CSP forbids.
+    page.wait_for_selector("#model-info:has-text('cnn_baseline')", timeout=20_000)
     assert "4 classes" in page.text_content("#model-info")
 
     page.set_input_files("#file-input", str(picture))
@@ -112,3 +114,23 @@ def test_a_non_image_shows_the_servers_message(page, page_url, tmp_path):
     assert "notes.png" in status and "not an image" in status
     assert page.locator(".result.failed .bar-row").count() == 0
     _screenshot(page, tmp_path, "predict-page-error.png")
+
+
+def test_the_heatmap_of_an_upload_appears(page, page_url, tmp_path):
+    picture = tmp_path / "boat.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(picture)
+    page.goto(page_url)
+    page.set_input_files("#file-input", str(picture))
+    # cnn_baseline has no CAM split: the page shows its Grad-CAM overlay, decoded by the browser.
+    # (Selectors, not wait_for_function: its polling evaluates a string, which the page's CSP forbids.)
+    page.wait_for_selector(".result.done .heatmap-thumb img[src^='data:image/png']", state="visible", timeout=20_000)
+    heatmap = page.locator(".result.done .heatmap-thumb img")
+    deadline = time.monotonic() + 10
+    while heatmap.evaluate("img => img.complete ? img.naturalWidth : 0") == 0 and time.monotonic() < deadline:
+        page.wait_for_timeout(50)
+    assert heatmap.evaluate("img => img.naturalWidth") == 224  # a decoded picture, not a broken-image icon
+    best = page.locator(".result.done .bar-row.best .label").text_content()
+    assert best in heatmap.get_attribute("alt")  # the heatmap is of the predicted class
+    box, thumb = heatmap.bounding_box(), page.locator(".result.done .thumb img").first.bounding_box()
+    assert box["width"] > 50 and box["x"] > thumb["x"]  # beside the picture, not collapsed
+    _screenshot(page, tmp_path, "predict-page-heatmap.png")

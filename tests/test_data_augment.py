@@ -6,16 +6,16 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import random_imageset
 
 from resnetlab.data import AugmentConfig, DeviceLoader, ImageSet
 from resnetlab.data.augment import apply_policy, crop_flip, cutout, make_policy, rotate
 from resnetlab.errors import ConfigError
 
 
-def _imageset(n=32, size=8):
-    g = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (n, size, size, 3), dtype=torch.uint8, generator=g)
-    return ImageSet(images, torch.zeros(n, dtype=torch.long), ["only"], mean=(0, 0, 0), std=(1 / 255,) * 3)
+def _imageset(n=32, size=8) -> ImageSet:
+    # One class, and mean 0 / std 1/255: normalization is the identity, so batches compare in pixel units.
+    return random_imageset(n, size=size, classes=1, mean=(0, 0, 0), std=(1 / 255,) * 3)
 
 
 def _pixels(loader, epoch=0):

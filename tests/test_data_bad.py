@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import class_folder
 from PIL import Image
 
 from resnetlab.cli import main
@@ -37,10 +38,7 @@ from resnetlab.inference.preprocess import ImageTooLargeError, load_image
 
 
 def _good_folder(root: Path, classes=("a", "b"), per_class=3) -> None:
-    for ci, name in enumerate(classes):
-        (root / name).mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            Image.fromarray(np.full((8, 8, 3), ci * 50 + i, np.uint8)).save(root / name / f"{i}.png")
+    class_folder(root, classes, per_class, size=8, fill="solid")
 
 
 def _jpeg_bytes() -> bytes:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import class_folder
 from PIL import Image
 
 from resnetlab.data import decode, load_splits
@@ -24,16 +25,9 @@ def _save(path: Path, array: np.ndarray, mode: str | None = None, fmt: str | Non
     image.save(path, format=fmt)
 
 
-def _make_folder(root: Path, classes=("cat", "dog", "bird"), per_class=5, size=8, prefix="") -> dict:
+def _make_folder(root: Path, classes=("cat", "dog", "bird"), per_class=5, size=8) -> dict:
     """PNG class folders with a distinct solid colour per image; returns {relpath: array}."""
-    made = {}
-    for ci, name in enumerate(classes):
-        for i in range(per_class):
-            array = np.full((size, size, 3), (ci * 60 + i * 7, 100 + i, 200 - ci), dtype=np.uint8)
-            rel = f"{prefix}{name}/{i:03d}.png"
-            _save(root / rel, array)
-            made[rel] = array
-    return made
+    return class_folder(root, classes, per_class, size, fill="solid")
 
 
 def test_class_folders_sorted_and_val_carved(tmp_path):
@@ -52,9 +46,9 @@ def test_class_folders_sorted_and_val_carved(tmp_path):
 
 def test_explicit_split_folders(tmp_path):
     root = tmp_path / "ds"
-    _make_folder(root, per_class=4, prefix="train/")
-    _make_folder(root, per_class=2, prefix="val/")
-    _make_folder(root, classes=("cat", "dog"), per_class=1, prefix="test/")
+    _make_folder(root / "train", per_class=4)
+    _make_folder(root / "val", per_class=2)
+    _make_folder(root / "test", classes=("cat", "dog"), per_class=1)
     splits = load_splits(root, val_size=7)  # ignored: the data has its own val/
     assert (len(splits.train), len(splits.val), len(splits.test)) == (12, 6, 2)
     assert splits.test.classes == ["bird", "cat", "dog"]
@@ -64,8 +58,8 @@ def test_explicit_split_folders(tmp_path):
 
 def test_val_class_missing_from_train_is_an_error(tmp_path):
     root = tmp_path / "ds"
-    _make_folder(root, per_class=2, prefix="train/")
-    _make_folder(root, classes=("zebra",), per_class=1, prefix="val/")
+    _make_folder(root / "train", per_class=2)
+    _make_folder(root / "val", classes=("zebra",), per_class=1)
     with pytest.raises(DataError, match="val/zebra/.*not present in train"):
         load_splits(root)
 
@@ -106,7 +100,7 @@ def test_second_load_never_decodes(tmp_path, monkeypatch):
     assert second["train"].images.equal(first["train"].images)
     assert second["train"].paths == first["train"].paths
     # new content -> new key -> decoded again
-    _save(root / "cat" / "000.png", np.zeros((8, 8, 3), np.uint8))
+    _save(root / "cat" / "0.png", np.zeros((8, 8, 3), np.uint8))
     with pytest.raises(AssertionError, match="decoded again"):
         load_image_folder(root, data_dir=tmp_path / "cache")
     # other decode settings -> other key
@@ -299,7 +293,7 @@ def test_wrapping_folder_is_stripped(tmp_path):
     _make_folder(tmp_path / "outer" / "images", per_class=2)
     splits = load_image_folder(tmp_path / "outer")
     assert splits["train"].classes == ["bird", "cat", "dog"]
-    assert splits["train"].paths[0] == "images/bird/000.png"  # paths stay real, for messages
+    assert splits["train"].paths[0] == "images/bird/0.png"  # paths stay real, for messages
 
 
 @pytest.mark.parametrize("suffix", [".jpg", ".png"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
+from helpers import class_folder
 from PIL import Image
 
 from resnetlab.cli import main
@@ -12,15 +12,8 @@ from resnetlab.data import load_splits
 from resnetlab.data.info import data_info, sample_grid
 
 
-def _folder(root, classes=("ant", "bee"), per_class=6):
-    for ci, name in enumerate(classes):
-        (root / name).mkdir(parents=True)
-        for i in range(per_class):
-            Image.fromarray(np.full((5, 5, 3), 40 * ci + i, np.uint8)).save(root / name / f"{i}.png")
-
-
 def test_data_info_writes_json_and_grid(tmp_path):
-    _folder(tmp_path / "ds")
+    class_folder(tmp_path / "ds", ("ant", "bee"), per_class=6, size=5, fill="solid")
     splits = load_splits(tmp_path / "ds", val_size=2)
     info = data_info(splits, tmp_path / "out", per_class=3)
     assert info["counts"] == {"train": [5, 5], "val": [1, 1]}
@@ -41,7 +34,7 @@ def test_sample_grid_rows_are_classes():
 
 
 def test_cli_prints_table(tmp_path, capsys):
-    _folder(tmp_path / "ds")
+    class_folder(tmp_path / "ds", ("ant", "bee"), per_class=6, size=5, fill="solid")
     code = main(["data", "info", str(tmp_path / "ds"), "--out", str(tmp_path / "out"), "--val-size", "2"])
     out = capsys.readouterr().out
     assert code == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import random_imageset
 
 from resnetlab.data import AugmentConfig, DeviceLoader, ImageSet
 from resnetlab.errors import ConfigError
@@ -11,11 +12,8 @@ from resnetlab.errors import ConfigError
 AUG = AugmentConfig(crop_padding=2, flip=True, rotation=5.0, cutout=3)
 
 
-def _imageset(n=50, size=6, classes=5, seed=0) -> ImageSet:
-    g = torch.Generator().manual_seed(seed)
-    images = torch.randint(0, 256, (n, size, size, 3), dtype=torch.uint8, generator=g)
-    return ImageSet(images, torch.arange(n) % classes, [f"c{i}" for i in range(classes)],
-                    mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3))
+def _imageset(n=50, size=6, classes=5) -> ImageSet:
+    return random_imageset(n, size=size, classes=classes)
 
 
 def _all(loader, epoch=0, start=0):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from helpers import class_folder
 
 from resnetlab.data import load_splits
 from resnetlab.data.splits import CIFAR_VAL_SIZE, channel_stats, default_val_size, stratified_order, stratified_split
@@ -68,17 +68,8 @@ def test_default_val_sizes():
     assert default_val_size(ims, is_cifar=False) == 40  # 10% = 20, but at least one per class
 
 
-def _folder(root, per_class=(12, 8)):
-    rng = np.random.default_rng(0)
-    for ci, n in enumerate(per_class):
-        (root / f"c{ci}").mkdir(parents=True)
-        for i in range(n):
-            value = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8) // (ci + 1)
-            Image.fromarray(value).save(root / f"c{ci}" / f"{i}.png")
-
-
 def test_load_splits_stats_from_train_only_and_limit(tmp_path):
-    _folder(tmp_path / "ds")
+    class_folder(tmp_path / "ds", ("c0", "c1"), per_class=(12, 8), size=4)
     splits = load_splits(tmp_path / "ds", val_size=5, seed=2)
     assert (len(splits.train), len(splits.val)) == (15, 5)
     assert splits.train.mean == channel_stats(splits.train.images)[0]
@@ -94,6 +85,6 @@ def test_load_splits_stats_from_train_only_and_limit(tmp_path):
 
 
 def test_val_size_zero_means_no_validation(tmp_path):
-    _folder(tmp_path / "ds")
+    class_folder(tmp_path / "ds", ("c0", "c1"), per_class=(12, 8), size=4)
     splits = load_splits(tmp_path / "ds", val_size=0)
     assert splits.val is None and len(splits.train) == 20

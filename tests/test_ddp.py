@@ -46,12 +46,10 @@ def train_args(folder: Path, run_dir: Path, micro_batch: int | None = None) -> l
 # DDP's no_sync), the single process its 16 as 4 passes; without BN the step is the same. This checks
 # that accumulation under no_sync gives the right step, not that it saves the extra all-reduces.
 @pytest.mark.parametrize("micro_batch", [None, 4])
-def test_two_process_ddp_matches_single_process(tmp_path, micro_batch):
-    from helpers import make_image_folder
-
+def test_two_process_ddp_matches_single_process(tmp_path, small_image_folder, micro_batch):
     if torchrun() is None:
         pytest.skip("torchrun not installed")
-    folder = make_image_folder(tmp_path / "images", classes=4, per_class=24)
+    folder = small_image_folder  # 4 classes x 24 train images, made once per session
     env = dict(os.environ, OMP_NUM_THREADS="1")
     ddp = subprocess.run([torchrun(), "--standalone", "--nproc_per_node=2", *train_args(folder, tmp_path / "ddp", micro_batch)],
                          capture_output=True, text=True, env=env, timeout=300)

@@ -6,11 +6,10 @@ import csv
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
-from PIL import Image
+from helpers import make_image_folder
 
 from resnetlab.cli import main
 from resnetlab.data import load_splits
@@ -22,17 +21,8 @@ CLASSES = ["cat", "dog", "frog"]
 
 @pytest.fixture(scope="module")
 def image_folder(tmp_path_factory) -> Path:
-    """root/{train,test}/<class>/*.png, 32x32, classes told apart by colour."""
-    root = tmp_path_factory.mktemp("folder")
-    rng = np.random.default_rng(0)
-    colours = {"cat": (200, 60, 60), "dog": (60, 200, 60), "frog": (60, 60, 200)}
-    for split, count in (("train", 8), ("test", 4)):
-        for name, colour in colours.items():
-            (root / split / name).mkdir(parents=True)
-            for i in range(count):
-                pixels = np.clip(np.array(colour) + rng.normal(0, 30, (32, 32, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(pixels).save(root / split / name / f"{i}.png")
-    return root
+    """root/{train,test}/<class>/*.png, 32x32: 8 train and 4 test images per class."""
+    return make_image_folder(tmp_path_factory.mktemp("folder"), per_class=8, test_per_class=4, names=CLASSES)
 
 
 def make_model(classes=CLASSES):

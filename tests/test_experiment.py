@@ -4,31 +4,15 @@ from __future__ import annotations
 
 import json
 import statistics
-from pathlib import Path
 
-import numpy as np
 import pytest
-from helpers import one_thread
-from PIL import Image
+from helpers import make_image_folder, one_thread
 
 from resnetlab.cli import main
 from resnetlab.errors import ConfigError
 from resnetlab.experiments.degradation import (
     DegradationConfig, default_grad_steps, depth_gaps, preset_config, run_degradation,
 )
-
-
-def make_image_folder(root: Path, classes: int = 4, per_class: int = 20, size: int = 32) -> Path:
-    """Class-coloured noise images in class folders (learnable, and fast to decode)."""
-    rng = np.random.default_rng(0)
-    for c in range(classes):
-        folder = root / f"class{c}"
-        folder.mkdir(parents=True)
-        for i in range(per_class):
-            image = rng.integers(0, 80, (size, size, 3), dtype=np.uint8)
-            image[:, :, c % 3] += 150
-            Image.fromarray(image).save(folder / f"{i:03d}.png")
-    return root
 
 
 ARGS = ["--depths", "20", "--seeds", "1,2", "--epochs", "1", "--batch-size", "16", "--val-size", "16",
@@ -38,7 +22,7 @@ ARGS = ["--depths", "20", "--seeds", "1,2", "--epochs", "1", "--batch-size", "16
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("degradation")
-    data = make_image_folder(tmp / "images")
+    data = make_image_folder(tmp / "images", per_class=20, flat=True)  # class folders only: the experiment carves val
     out = tmp / "out"
     with one_thread():  # module scope: conftest's per-test fixture is not active yet
         code = main(["experiment", "degradation", "--data", str(data), "--out", str(out), *ARGS])

@@ -9,13 +9,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torchvision
-from PIL import Image
+from helpers import debug_hooks, make_image_folder, tiny_splits
 
-from resnetlab.data import DataSplits, ImageSet
+from resnetlab.data import DataSplits
 from resnetlab.engine.checkpoint import CheckpointManager
 from resnetlab.finetune import build_config, finetune, load_source, resume
 from resnetlab.models.files import load_trained_model
@@ -26,17 +25,9 @@ pytestmark = pytest.mark.slow  # real (tiny) training runs with run directories 
 CLASSES = ["ant", "bee", "cat", "dog"]
 
 
-def _imageset(n: int, seed: int, size: int = 16) -> ImageSet:
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.arange(n) % len(CLASSES)
-    # A class-dependent brightness plus noise: learnable in a few steps, not trivially.
-    images = (torch.rand(n, size, size, 3, generator=g) * 100 + labels.view(-1, 1, 1, 1) * 45).to(torch.uint8)
-    return ImageSet(images, labels, list(CLASSES), mean=(0.4, 0.4, 0.4), std=(0.2, 0.2, 0.2), source=f"synthetic-{seed}")
-
-
 @pytest.fixture(scope="module")
 def splits() -> DataSplits:
-    return DataSplits(train=_imageset(16, 1), val=_imageset(8, 2), test=_imageset(8, 3), name="synthetic")
+    return tiny_splits(16, 8, size=16, names=CLASSES, mean=(0.4, 0.4, 0.4), std=(0.2, 0.2, 0.2))
 
 
 def _weights(arch: str) -> dict[str, torch.Tensor]:
@@ -57,7 +48,7 @@ def r18(tmp_path_factory) -> tuple[Path, dict]:
     return path, state
 
 
-def _run(run_dir: Path, splits, source: Path, **overrides):
+def _run(run_dir: Path, splits, source: Path, hooks=None, **overrides):
     settings = {
         "finetune.source": str(source), "epochs": 1, "batch_size": 8, "eval_batch_size": 8, "device": "cpu",
         "run_dir": str(run_dir), "keep_last": 1, "optim.lr": 0.05, "schedule.warmup": 0,
@@ -65,7 +56,7 @@ def _run(run_dir: Path, splits, source: Path, **overrides):
     }
     settings.update(overrides)
     config, options = build_config(None, settings)
-    return finetune(config, options, splits=splits)
+    return finetune(config, options, splits=splits, hooks=hooks)
 
 
 def _last_state(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -109,12 +100,11 @@ def test_gradual_unfreezes_on_schedule_and_resumes_exactly(tmp_path, splits, r18
     assert [p["stages"] for p in plan[:3]] == [["head"], ["layer4"], ["layer3"]]
 
     # Stop mid-epoch 2 (step 3), resume in a fresh call: bit-identical to the uninterrupted run.
-    stopped = _run(tmp_path / "resumed", splits, path, **settings, **{"debug.stop_after_steps": 3})
+    stopped = _run(tmp_path / "resumed", splits, path, hooks=debug_hooks(stop_after_steps=3), **settings)
     assert not stopped.completed
     from resnetlab.config import read_config
 
     config = read_config(stopped.run_dir / "config.yaml")
-    config.debug.stop_after_steps = None
     resumed = resume(stopped.run_dir, config, splits=splits)
     assert resumed.completed
     final = _last_state(resumed.run_dir)
@@ -158,22 +148,10 @@ def test_linear_probe_resnet50_safetensors_keeps_backbone_bit_identical(tmp_path
     assert all(torch.equal(model.state_dict()[k], trained[k]) for k in report.loaded)
 
 
-def _png_folder(root: Path) -> Path:
-    rng = np.random.default_rng(0)
-    for split, count in (("train", 6), ("test", 2)):
-        for index, name in enumerate(CLASSES[:3]):
-            folder = root / split / name
-            folder.mkdir(parents=True)
-            for i in range(count):
-                pixels = (rng.random((16, 16, 3)) * 100 + index * 60).astype(np.uint8)
-                Image.fromarray(pixels).save(folder / f"{i}.png")
-    return root
-
-
 def test_cli_finetune_end_to_end_on_an_image_folder(tmp_path, r18, capsys):
     from resnetlab.cli import main
 
-    data = _png_folder(tmp_path / "images")
+    data = make_image_folder(tmp_path / "images", per_class=6, test_per_class=2, size=16, names=CLASSES[:3])
     run_dir = tmp_path / "run"
     code = main([
         "finetune", "--from", str(r18[0]), "--data", str(data), "--strategy", "gradual", "--adapt-stem",

@@ -30,7 +30,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from conftest import kill_process_group
+from helpers import kill_process_group
 from resnetlab.config import OptimConfig
 from resnetlab.data import AugmentConfig, DeviceLoader, load_splits
 from resnetlab.engine.loop import StepOptions, TrainState, train_step
@@ -160,7 +160,9 @@ def max_difference(a: dict, b: dict) -> float:
 @pytest.mark.slow
 def test_resume_on_the_gpu_matches_a_straight_run(tmp_path, small_image_folder):
     run([sys.executable, *train_cmd(small_image_folder, tmp_path / "straight")])
-    run([sys.executable, *train_cmd(small_image_folder, tmp_path / "resumed", "--set", "debug.stop_after_steps=4")])
+    # The runner stops the run after step 4 through a TrainHooks callback (the same CLI path otherwise).
+    runner = Path(__file__).with_name("train_with_hooks.py")
+    run([sys.executable, str(runner), "--stop-after-steps", "4", "--", *train_cmd(small_image_folder, tmp_path / "resumed")[2:]])
     at_stop = weights(tmp_path / "resumed", 4)  # read now: keep_last prunes it once the run goes on
     run([sys.executable, "-m", "resnetlab", "train", "--resume", str(tmp_path / "resumed")])
     straight = weights(tmp_path / "straight", 8)

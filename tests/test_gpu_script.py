@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import REPO_ROOT, kill_process_group
+from helpers import REPO_ROOT, kill_process_group
 
 SCRIPT = REPO_ROOT / "benchmarks" / "gpu" / "run.py"
 

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import kill_process_group, random_class_folder
 from PIL import Image
 
-from conftest import kill_process_group
 from resnetlab.cli import main
 from resnetlab.data.folders import load_image_folder
 from resnetlab.errors import DataError
@@ -42,11 +42,7 @@ def _image(path: Path, seed: int) -> None:
 @pytest.fixture
 def folder(tmp_path) -> Path:
     """Two classes of four 32x32 PNGs: enough for data info, a train step and predict."""
-    root = tmp_path / "ds"
-    for c, name in enumerate(("cat", "dog")):
-        for i in range(4):
-            _image(root / name / f"{i}.png", 10 * c + i)
-    return root
+    return random_class_folder(tmp_path / "ds", names=("cat", "dog"), per_class=4)
 
 
 @contextlib.contextmanager

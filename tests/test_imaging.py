@@ -164,3 +164,38 @@ def test_train_decoder_and_predict_share_the_rules(tmp_path):
         decode_bytes(big.getvalue())
     with pytest.raises(imaging.ImageTooLargeError):
         image_to_array(big.getvalue(), (32, 32))
+
+
+def test_photo_crop_pct_feeds_identical_tensors(awkward_folder, tmp_path):
+    """A photo model (crop_pct 0.875 recorded): validation on the photo path, evaluate, predict and serve
+    all resize to size / crop_pct and take the same centre crop, so the same tensors reach the network."""
+    from resnetlab.data.photo import eval_imageset, for_model
+
+    torch.manual_seed(0)
+    net = create_model("cnn_baseline", num_classes=2).eval()
+    net.meta.classes, net.meta.crop_pct = ["cat", "dog"], 0.875
+    data = load_image_folder(awkward_folder, image_size=32, data_dir=tmp_path / "cache")["train"]
+    names = [str(awkward_folder / p) for p in data.paths]
+    capture = _Capture(net)
+    try:
+        val = eval_imageset(data, 32, 0.875)  # what training validates on
+        (x, _), = list(DeviceLoader(val, batch_size=len(names), train=False, mean=net.meta.mean, std=net.meta.std))
+        train = list(x)
+        collect_outputs(net, for_model(data, net.meta).images, batch_size=len(names))
+        evaluate = capture.take()
+        predictor = Predictor.from_model(net)
+        predictor.probabilities(names)
+        predict = capture.take()
+        client = TestClient(create_app(predictor, report_dir=None))
+        for name in names:
+            with open(name, "rb") as f:
+                assert client.post("/predict", files={"file": (name.rsplit("/", 1)[-1], f.read())}).status_code == 200
+        serve = capture.take()
+    finally:
+        capture.handle.remove()
+    # The crop is really tighter than crop_pct 1.0's on the non-square files.
+    assert not all(torch.equal(a, b) for a, b in zip(val.images, data.images))
+    for path, expected in (("evaluate", evaluate), ("predict", predict), ("serve", serve)):
+        assert len(expected) == len(names), path
+        for name, a, b in zip(names, train, expected):
+            assert torch.equal(a, b), f"{path} differs from validation on {name}"

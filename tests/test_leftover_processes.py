@@ -46,10 +46,11 @@ def test_uses_spawn(spawn):
 
 def _inner_pytest(tmp_path: Path, source: str) -> subprocess.CompletedProcess:
     (tmp_path / "test_inner.py").write_text(textwrap.dedent(source))
-    env = dict(os.environ, PYTHONPATH=str(TESTS), PIDS_FILE=str(tmp_path / "pids.txt"))
+    # A 1 s grace (not 5): the leaks here sleep for 120 s, so waiting longer only slows the suite.
+    env = dict(os.environ, PYTHONPATH=str(TESTS), PIDS_FILE=str(tmp_path / "pids.txt"), RESNETLAB_TEST_LEFTOVER_GRACE_S="1")
     return subprocess.run(
         [sys.executable, "-m", "pytest", "test_inner.py", "-q", "-p", "conftest", "-p", "no:cacheprovider",
-         "--rootdir", str(tmp_path)],
+         "-p", "no:hypothesispytest", "--rootdir", str(tmp_path)],  # hypothesis' plugin: a second of start-up, unused here
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
     )
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from helpers import tiny_splits
+from helpers import debug_hooks, tiny_splits
 
 from resnetlab.config import build_config
 from resnetlab.engine import TrainingDiverged, train
@@ -31,9 +31,9 @@ def model():
 
 
 def test_nan_loss_stops_with_step_and_last_good_checkpoint(tmp_path):
-    cfg = config(tmp_path, **{"debug.nan_at_step": 7})
+    cfg = config(tmp_path)
     with pytest.raises(TrainingDiverged) as info:
-        train(cfg, model=model(), splits=tiny_splits())
+        train(cfg, model=model(), splits=tiny_splits(), hooks=debug_hooks(nan_at_step=7))
     message = str(info.value)
     assert isinstance(info.value, ResnetlabError)
     assert "non-finite loss at step 7" in message
@@ -46,8 +46,8 @@ def test_nan_loss_stops_with_step_and_last_good_checkpoint(tmp_path):
 
 @pytest.mark.slow
 def test_skip_mode_counts_skipped_steps_and_finishes(tmp_path):
-    cfg = config(tmp_path, **{"debug.nan_at_step": 7, "nonfinite": "skip", "log_step_loss": True})
-    result = train(cfg, model=model(), splits=tiny_splits())
+    cfg = config(tmp_path, **{"nonfinite": "skip", "log_step_loss": True})
+    result = train(cfg, model=model(), splits=tiny_splits(), hooks=debug_hooks(nan_at_step=7))
     assert result.completed and result.summary["skipped_steps"] == 1
     steps = [json.loads(line) for line in (tmp_path / "run" / "steps.jsonl").read_text().splitlines()]
     assert [s["step"] for s in steps if s["skipped"]] == [7]

@@ -25,7 +25,7 @@ from resnetlab.cli import main
 from resnetlab.engine.checkpoint import CheckpointManager
 from resnetlab.models import create_model
 from resnetlab.models.files import CHECKPOINT_KIND, load_checkpoint_dict
-from helpers import make_image_folder
+from helpers import debug_hooks, make_image_folder
 
 # cnn_baseline at its smallest: a run of two epochs on 32 images takes about a second.
 TRAIN = ["train", "--model", "cnn_baseline", "--set", "model.options={width: 4, hidden: 8}", "--epochs", "2",
@@ -250,14 +250,15 @@ def test_a_malformed_recipe_is_one_line_naming_file_line_and_column(folder, tmp_
 
 def test_full_disk_at_the_first_checkpoint_then_resume_continues(folder, tmp_path, capsys, caplog):
     run = tmp_path / "run"
-    with full_disk(".last-", free=1000):  # best.pt is written, then last-00000003.pt does not fit
+    # 26 training images at batch 8: 4 steps an epoch (the last batch of 2 is kept: engine/small_data.py).
+    with full_disk(".last-", free=1000):  # best.pt is written, then last-00000004.pt does not fit
         line = one_line_error(capsys, main([*TRAIN, "--data", str(folder), "--run-dir", str(run)]))
-    assert "last-00000003.pt" in line and "No space left on device" in line
+    assert "last-00000004.pt" in line and "No space left on device" in line
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["best.pt"]  # no partial file left
     # best.pt holds the same complete state as the lost last-*.pt: the epoch is not lost.
     caplog.set_level(logging.INFO)
     assert main(["train", "--resume", str(run)]) == 0, capsys.readouterr().err
-    assert "from best.pt (step 3)" in caplog.text and (run / "model.safetensors").is_file()
+    assert "from best.pt (step 4)" in caplog.text and (run / "model.safetensors").is_file()
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
 
@@ -328,8 +329,8 @@ def test_read_only_run_directory(trained, folder, tmp_path, capsys, read_only):
     parent = tmp_path / "ro"
     parent.mkdir()
     stopped = parent / "stopped"
-    argv = [*TRAIN, "--data", str(folder), "--run-dir", str(stopped), "--set", "debug.stop_after_steps=3"]
-    assert main(argv) == 0, capsys.readouterr().err
+    argv = [*TRAIN, "--data", str(folder), "--run-dir", str(stopped)]
+    assert main(argv, hooks=debug_hooks(stop_after_steps=3)) == 0, capsys.readouterr().err
     finished = parent / "finished"
     finished.mkdir()
     for name in ("model.safetensors", "model.json", "config.yaml"):
@@ -425,7 +426,7 @@ def test_a_temporary_left_by_a_killed_save_is_removed_at_the_next_save(tmp_path)
 
 def test_a_temporary_left_by_a_killed_save_is_removed_at_resume(tmp_path, folder, capsys):
     run = tmp_path / "run"
-    assert main([*TRAIN, "--data", str(folder), "--run-dir", str(run), "--set", "debug.stop_after_steps=3"]) == 0
+    assert main([*TRAIN, "--data", str(folder), "--run-dir", str(run)], hooks=debug_hooks(stop_after_steps=3)) == 0
     left = [_killed_mid_save(run / "checkpoints" / "last-00000006.pt"), _killed_mid_save(run / "model.safetensors")]
     assert main(["train", "--resume", str(run)]) == 0, capsys.readouterr().err
     assert not any(p.exists() for p in left)

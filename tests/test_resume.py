@@ -21,13 +21,14 @@ from resnetlab.models.files import load_checkpoint_dict
 
 pytestmark = pytest.mark.slow
 
-RUNNER = Path(__file__).with_name("test_train_runner.py")
+RUNNER = Path(__file__).with_name("train_with_hooks.py")
 TOTAL = 10  # steps; 80 train images / batch 16 = 5 steps per epoch
 
 
-def run_cli(*args: str, expect: int = 0) -> subprocess.CompletedProcess:
+def run_cli(*args: str, hooks: tuple[str, ...] = (), expect: int = 0) -> subprocess.CompletedProcess:
+    """``resnetlab train ARGS`` in a fresh process, with the runner's ``hooks`` options (e.g. --stop-after-steps 5)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONHASHSEED="0")
-    proc = subprocess.run([sys.executable, str(RUNNER), "train", *args], capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run([sys.executable, str(RUNNER), *hooks, "--", "train", *args], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == expect, proc.stdout[-2000:] + proc.stderr[-3000:]
     return proc
 
@@ -76,7 +77,7 @@ def straight(folder, tmp_path_factory):
 def stopped_at_boundary(folder, tmp_path_factory):
     """A run stopped after step 5 (the end of epoch 1), copied before any test resumes it."""
     run_dir = tmp_path_factory.mktemp("stopped") / "run"
-    run_cli(*common(folder, run_dir), "--set", "debug.stop_after_steps=5")
+    run_cli(*common(folder, run_dir), hooks=("--stop-after-steps", "5"))
     return run_dir
 
 
@@ -84,7 +85,7 @@ def stopped_at_boundary(folder, tmp_path_factory):
 def stopped_mid_epoch(folder, tmp_path_factory):
     """A run stopped after step 7 (mid epoch 2): it holds last-00000005.pt and last-00000007.pt."""
     run_dir = tmp_path_factory.mktemp("stopped") / "run"
-    run_cli(*common(folder, run_dir), "--set", "debug.stop_after_steps=7")
+    run_cli(*common(folder, run_dir), hooks=("--stop-after-steps", "7"))
     return run_dir
 
 
@@ -109,7 +110,7 @@ def test_resume_is_bit_identical(straight, stopped_at_boundary, stopped_mid_epoc
 
 def test_negative_control_missing_rng_state_is_caught(straight, stopped_at_boundary, tmp_path):
     run_dir = stopped_copy(stopped_at_boundary, tmp_path)
-    run_cli("--resume", str(run_dir), "--set", "debug.skip_rng_restore=[torch]")
+    run_cli("--resume", str(run_dir), hooks=("--skip-rng-restore", "torch"))
     assert step_losses(run_dir)[:5] == step_losses(straight)[:5]
     assert step_losses(run_dir)[5:] != step_losses(straight)[5:]  # dropout masks differ after the resume
     assert not same_tensors(final_state(run_dir)["model"], final_state(straight)["model"])

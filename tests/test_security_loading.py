@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import resnetlab
-from helpers import random_class_folder
+from helpers import debug_hooks, random_class_folder
 from resnetlab.cli import main
 from resnetlab.errors import CheckpointError, ConfigError
 from resnetlab.models import create_model
@@ -255,9 +255,9 @@ def test_resume_with_another_model_is_refused_naming_both(tmp_path, folder, caps
 
     run = tmp_path / "run"
     config = build_config({"model": {"name": "cnn_baseline"}, "data": {"spec": str(folder), "val_size": 2}, "epochs": 1,
-                           "batch_size": 2, "device": "cpu", "run_dir": str(run), "debug": {"stop_after_steps": 1},
+                           "batch_size": 2, "device": "cpu", "run_dir": str(run),
                            "checkpoint_every": 1, "tensorboard": False})
-    train(config)
+    train(config, hooks=debug_hooks(stop_after_steps=1))
     assert list((run / "checkpoints").glob("last-*.pt"))
     code = main(["train", "--resume", str(run), "--model", "resnet20"])
     err = capsys.readouterr().err

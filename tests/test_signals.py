@@ -32,9 +32,13 @@ def folder(tmp_path_factory):
     return make_image_folder(tmp_path_factory.mktemp("data") / "images", classes=4, per_class=24)
 
 
-def args(folder: Path, run_dir: Path, *extra: str) -> list[str]:
+RUNNER = Path(__file__).with_name("train_with_hooks.py")
+
+
+def args(folder: Path, run_dir: Path, *extra: str, hooks: tuple[str, ...] = ()) -> list[str]:
+    """A real ``resnetlab train`` process; ``hooks``: the runner's options (e.g. --sleep-per-step 0.05)."""
     return [
-        sys.executable, "-m", "resnetlab", "train", "--model", "cnn_baseline", "--data", str(folder),
+        sys.executable, str(RUNNER), *hooks, "--", "train", "--model", "cnn_baseline", "--data", str(folder),
         "--device", "cpu", "--seed", "1", "--batch-size", "16", "--val-size", "16", "--max-steps", str(TOTAL),
         "--run-dir", str(run_dir), "--set", "model.options={width: 4, hidden: 8}", "--set", "log_step_loss=true", "--set", "eval_report=false", *extra,
     ]
@@ -74,14 +78,14 @@ def straight(folder, tmp_path_factory):
 
 def test_sigterm_saves_exits_143_and_resume_is_bit_identical(folder, straight, tmp_path):
     run_dir = tmp_path / "run"
-    rc, err = start_and_signal(args(folder, run_dir, "--set", "debug.sleep_per_step=0.05"), [signal.SIGTERM])
+    rc, err = start_and_signal(args(folder, run_dir, hooks=("--sleep-per-step", "0.05")), [signal.SIGTERM])
     assert rc == 143, err
     assert "--resume" in err
     checkpoint, path = CheckpointManager(run_dir / "checkpoints").load_newest_intact()
     assert 5 <= checkpoint["step"] < TOTAL  # saved at a step boundary, before the end
     assert len(losses(run_dir)) == checkpoint["step"]
     assert not (run_dir / "model.safetensors").exists()
-    done = subprocess.run([*args(folder, run_dir)[:4], "--resume", str(run_dir), "--set", "debug.sleep_per_step=0"],
+    done = subprocess.run([*args(folder, run_dir)[:4], "--resume", str(run_dir)],
                           capture_output=True, text=True, env=env(), timeout=300)
     assert done.returncode == 0, done.stderr
     assert losses(run_dir) == losses(straight)
@@ -93,7 +97,7 @@ def test_sigterm_saves_exits_143_and_resume_is_bit_identical(folder, straight, t
 def test_sigint_exits_130_and_a_second_signal_during_the_save_does_not_corrupt_it(folder, tmp_path):
     run_dir = tmp_path / "run"
     # Each save takes >= 1 s, so the second signal (0.3 s after the first) lands inside a save.
-    cmd = args(folder, run_dir, "--set", "debug.sleep_per_step=0.05", "--set", "debug.save_delay_s=1.0")
+    cmd = args(folder, run_dir, hooks=("--sleep-per-step", "0.05", "--save-delay", "1.0"))
     # The first signal is sent a few steps into epoch 2, so it is honoured by a mid-epoch save.
     rc, err = start_and_signal(cmd, [signal.SIGINT, signal.SIGTERM], gap=0.3, delay=0.3)
     assert rc == 130, err

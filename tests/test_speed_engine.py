@@ -23,7 +23,7 @@ from resnetlab.engine.precision import resolve_channels_last, resolve_compile
 from resnetlab.errors import ConfigError
 from resnetlab.models.files import load_checkpoint_dict
 
-RUNNER = Path(__file__).with_name("test_train_runner.py")
+RUNNER = Path(__file__).with_name("train_with_hooks.py")
 
 
 def small_convnet() -> nn.Module:
@@ -147,9 +147,10 @@ def test_auto_switches_resolve_per_device():
             build_config(None, {key: value})
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
+def run_cli(*args: str, hooks: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """``resnetlab train ARGS`` in a fresh process, with the runner's ``hooks`` options (e.g. --stop-after-steps 4)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONHASHSEED="0")
-    proc = subprocess.run([sys.executable, str(RUNNER), "train", *args], capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run([sys.executable, str(RUNNER), *hooks, "--", "train", *args], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return proc
 
@@ -187,7 +188,7 @@ def test_muon_and_lookahead_resume_bit_identical(folder, tmp_path):
     straight = tmp_path / "straight"
     run_cli(*common(folder, straight, *extra))
     stopped = tmp_path / "stopped"
-    run_cli(*common(folder, stopped, *extra, "--set", "debug.stop_after_steps=4"))
+    run_cli(*common(folder, stopped, *extra), hooks=("--stop-after-steps", "4"))
     at_stop = load_checkpoint_dict(stopped / "checkpoints" / "last-00000004.pt")
     run_cli("--resume", str(stopped))
     a = load_checkpoint_dict(straight / "checkpoints" / "last-00000008.pt")

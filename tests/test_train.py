@@ -12,13 +12,14 @@ import yaml
 from resnetlab.cli import main
 from resnetlab.config import build_config
 from resnetlab.engine import distributed, train
+from resnetlab.engine.hooks import TrainHooks
 from resnetlab.engine.resume import resume_config
 from resnetlab.engine.trainer import _criterion, _sample_weights
 from resnetlab.evaluation import evaluate_model
 from resnetlab.errors import ConfigError
 from resnetlab.models import create_model
 from resnetlab.models.files import load_trained_model
-from helpers import tiny_splits
+from helpers import debug_hooks, tiny_splits
 
 
 def config(tmp_path, **overrides):
@@ -101,7 +102,7 @@ def test_model_argument_hooks_and_param_groups(tmp_path):
     # A model passed in keeps its own normalization (a pretrained model's), here the registry's CIFAR one.
     expected_red = float(((splits.train.images[..., 0].double() / 255 - model.meta.mean[0]) / model.meta.std[0]).mean())
     result = train(config(tmp_path, epochs=2), model=model, splits=splits,
-                   param_groups=groups, on_epoch_start=lambda e, m, o: seen.append((e, m is model, len(o.param_groups))))
+                   param_groups=groups, hooks=TrainHooks(on_epoch_start=lambda e, m, o: seen.append((e, m is model, len(o.param_groups)))))
     assert calls[0][0] == "init" and calls[0][1] == (64, 3, 32, 32)
     assert calls[0][2] == pytest.approx(expected_red, abs=1e-4)  # normalized, un-augmented training images
     assert seen == [(0, True, 1), (1, True, 1)]
@@ -174,11 +175,10 @@ def test_resume_config_applies_overrides_and_records_them(tmp_path):
     run.mkdir()
     from resnetlab.config import write_config
 
-    saved = config(tmp_path, **{"debug.stop_after_steps": 3})
+    saved = config(tmp_path)
     write_config(saved, run / "config.yaml")
     resumed = resume_config(run, {"epochs": 5})
     assert resumed.epochs == 5 and resumed.run_dir == str(run)
-    assert resumed.debug.stop_after_steps is None  # the test hook stopped one invocation, not every resume
     assert yaml.safe_load((run / "config.yaml").read_text())["epochs"] == 5
 
 
@@ -201,3 +201,108 @@ def test_resume_of_a_folder_without_config_is_one_clear_error(tmp_path, capsys, 
     assert main([command, "--resume", str(tmp_path)]) == 1
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "no config.yaml there (not a run directory)" in err and str(tmp_path) in err
+
+
+# ----------------------------------------------------------------------------- early stopping (issue 23)
+
+# min_delta 1.0 is more than accuracy can gain, so every evaluation after the first counts as "no
+# improvement" while the weights keep training: patience 2 stops after epoch 3 of 4. Seed 1 makes
+# the best val_acc epoch (best.pt) an earlier one than the last, so restoring it is visible.
+EARLY = {"epochs": 4, "seed": 1, "eval_report": False, "early_stop.patience": 2, "early_stop.min_delta": 1.0}
+
+
+@pytest.fixture(scope="module")
+def stopped_early(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("early")
+    splits = tiny_splits()
+    return train(config(tmp, **EARLY), splits=splits), splits
+
+
+def test_early_stop_stops_restores_best_weights_and_records_why(stopped_early, capsys):
+    from resnetlab.models.files import load_checkpoint_dict
+
+    result, _ = stopped_early
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert result.completed and result.epochs == 3 and summary["epochs"] == 3  # not the 4 asked for
+    assert summary["stopped_early"] is True and summary["stopped_epoch"] == 3
+    assert "val_acc has not improved by more than 1 for 2 evaluations" in summary["stop_reason"]
+    best = load_checkpoint_dict(result.run_dir / "checkpoints" / "best.pt")
+    last = load_checkpoint_dict(result.run_dir / "checkpoints" / f"last-{result.steps:08d}.pt")
+    assert best["epoch"] == summary["best_epoch"] < 3  # the best epoch is not the last one trained
+    final = result.model.state_dict()
+    assert all(torch.equal(final[k].cpu(), best["model"][k]) for k in best["model"])
+    assert not all(torch.equal(final[k].cpu(), last["model"][k]) for k in last["model"])  # it would fail without the restore
+    saved = load_trained_model(result.run_dir / "model.safetensors")
+    assert all(torch.equal(v, best["model"][k]) for k, v in saved.state_dict().items())
+
+
+def test_without_patience_the_same_run_trains_every_epoch(tmp_path):
+    settings = {**EARLY, "early_stop.patience": None}
+    result = train(config(tmp_path, **settings), splits=tiny_splits())
+    assert result.epochs == 4 and result.summary["stopped_early"] is False and "stop_reason" not in result.summary
+
+
+def test_resume_after_an_early_stop_trains_no_further(stopped_early, tmp_path):
+    import shutil
+
+    result, splits = stopped_early
+    run = shutil.copytree(result.run_dir, tmp_path / "run")
+    rows_before = (run / "metrics.jsonl").read_text()
+    resumed = train(resume_config(run, {}), splits=splits, resume_from=run)
+    assert resumed.steps == result.steps and resumed.epochs == 3
+    assert (run / "metrics.jsonl").read_text() == rows_before
+    assert resumed.summary["stopped_early"] is True
+
+
+def test_early_stop_flag_and_its_mistakes(tmp_path, capsys):
+    from resnetlab.commands.train import overrides_from_args
+    from resnetlab.cli import build_parser
+
+    args = build_parser().parse_args(["train", "--early-stop", "3"])
+    assert overrides_from_args(args)["early_stop.patience"] == 3
+    args = build_parser().parse_args(["finetune", "--early-stop", "4"])
+    from resnetlab.commands.finetune import overrides_from_args as finetune_overrides
+
+    assert finetune_overrides(args)["early_stop.patience"] == 4
+    assert main(["train", "--early-stop", "0", "--data", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "early_stop.patience=0 (--early-stop): must be >= 1" in err
+    with pytest.raises(ConfigError, match="early_stop.patience=2 .*needs a validation split"):
+        train(config(tmp_path, **EARLY), splits=tiny_splits(n_val=0))
+    assert not (tmp_path / "run").exists()  # refused before the run directory is created
+
+
+# ----------------------------------------------------------------------------- test hooks are not config (issue 22)
+
+
+def test_an_old_config_with_a_debug_section_loads_with_one_warning(tmp_path, caplog):
+    from resnetlab.config import read_config, write_config
+
+    path = tmp_path / "config.yaml"
+    write_config(config(tmp_path), path)
+    old = yaml.safe_load(path.read_text())
+    old["debug"] = {"stop_after_steps": 3, "nan_at_step": None, "skip_rng_restore": [], "sleep_per_step": 0.0, "save_delay_s": 0.0}
+    path.write_text(yaml.safe_dump(old))
+    with caplog.at_level("WARNING"):
+        loaded = read_config(path)
+    assert loaded.to_dict() == config(tmp_path).to_dict()
+    assert [r.getMessage() for r in caplog.records] == [f"{path}: ignoring its 'debug' section (test hooks are no longer config options)"]
+
+
+def test_set_debug_is_refused_as_an_unknown_key(capsys):
+    assert main(["train", "--data", "cifar10", "--set", "debug.stop_after_steps=3"]) == 1
+    assert "unknown config key 'debug'" in capsys.readouterr().err
+
+
+def test_setup_then_run_share_one_frozen_context_and_a_hook_stops_the_run(tmp_path):
+    import dataclasses
+
+    from resnetlab.engine.trainer import run, setup
+
+    context = setup(config(tmp_path, epochs=1), splits=tiny_splits())
+    assert (tmp_path / "run" / "config.yaml").is_file() and context.state.step == 0  # setup created the run, trained nothing
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        context.total_steps = 1
+    result = run(context, debug_hooks(stop_after_steps=2))
+    assert not result.completed and result.steps == context.state.step == 2
+    assert (tmp_path / "run" / "checkpoints" / "last-00000002.pt").is_file() and not (tmp_path / "run" / "model.safetensors").exists()

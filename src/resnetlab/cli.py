@@ -22,9 +22,12 @@ COMMANDS = [
     "models",
     "train",
     "evaluate",
+    "calibrate",
     "compare",
     "finetune",
+    "lr_find",  # the subcommand lr-find
     "predict",
+    "explain",
     "export",
     "serve",
     "experiment",
@@ -66,9 +69,12 @@ def one_line(message: str) -> str:
     return " ".join(strip_unsafe_advice(message).split())
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, hooks=None) -> int:
+    """The ``resnetlab`` command line. ``hooks``: ``engine.TrainHooks`` for train and finetune,
+    given by tests (tests/train_with_hooks.py) through this same path; the command line has none."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.hooks = hooks
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(message)s",

@@ -9,6 +9,7 @@ reads it back, so a run can always be repeated from its directory alone.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import typing
 from dataclasses import asdict, dataclass, field
@@ -31,6 +32,10 @@ class DataConfig:
     limit_train: int | None = None  # train on the first N images of a stratified shuffle
     skip_bad: bool = False  # skip unreadable images instead of failing
     class_balance: str = "none"  # none | weighted-loss | sampler (for imbalanced image folders)
+    # Photo path for image folders (resnetlab.data.photo): auto | memory | stream. auto takes it when the
+    # augment recipe sets rrc_scale and picks memory or stream by the decoded size against free memory.
+    mode: str = "auto"
+    crop_pct: float | None = None  # evaluation centre crop recorded in the model (None: 0.875 on the photo path)
 
 
 @dataclass
@@ -92,15 +97,30 @@ class ScheduleConfig:
     warmup_window: int = 50  # steps over which the running training error is measured
 
 
-@dataclass
-class DebugConfig:
-    """Test hooks (deterministic stops and fault injection); never needed for real training."""
+BUDGET_MACHINE_CLASSES = ("fp32_cpu", "bf16_cpu", "gpu")  # which plan table applies (resnetlab.budget.plans)
 
-    stop_after_steps: int | None = None  # save a checkpoint and stop (exit 0) after this global step
-    nan_at_step: int | None = None  # make the loss at this global step NaN
-    skip_rng_restore: list[str] = field(default_factory=list)  # resume without these RNG states (negative control)
-    sleep_per_step: float = 0.0  # seconds; slows a tiny run so a test can signal it mid-training
-    save_delay_s: float = 0.0  # seconds spent inside each checkpoint save (tests a signal arriving then)
+
+@dataclass
+class BudgetConfig:
+    """``--budget``: a wall-clock limit for the whole run, and the plan chosen for it (resnetlab.budget)."""
+
+    seconds: float | None = None  # set by --budget; the run, final evaluation included, must end within it
+    # Measured plan tables per machine class (fp32_cpu | bf16_cpu | gpu): lists of config overrides,
+    # cheapest first, each setting epochs. Without a table the recipe is shortened to fewer epochs.
+    plans: dict = field(default_factory=dict)
+    chosen: dict | None = None  # written by the planner: the plan, its predicted time and the probe's figures
+
+
+@dataclass
+class EarlyStopConfig:
+    """Stop when the validation metric has not improved for ``patience`` evaluations (off by default).
+
+    The final model is then best.pt's (the best validation accuracy), as after any run.
+    """
+
+    patience: int | None = None  # evaluations without improvement before stopping (--early-stop); null: off
+    metric: str = "val_acc"  # val_acc (higher is better) | val_loss (lower is better)
+    min_delta: float = 0.0  # an improvement must exceed this to reset the count
 
 
 @dataclass
@@ -110,10 +130,17 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    debug: DebugConfig = field(default_factory=DebugConfig)
+    early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
     epochs: int = 10
     max_steps: int | None = None  # when set, train for this many optimizer steps instead of `epochs`
     batch_size: int = 128  # global batch (split evenly across DDP processes)
+    # Fit batch, lr and drop_last to a small training set (engine/small_data.py). auto: build_config
+    # resolves it to batch+lr (neither set by recipe or flag), batch (lr set) or off (batch set);
+    # the run records applied once done, so --resume never adapts twice.
+    small_data: str = "auto"
+    # Drop the last partial training batch. auto: yes, unless it would hide over 5% of the images.
+    drop_last: bool | str = "auto"
     micro_batch: int | None = None  # images per forward/backward pass (per process); gradients add up to one step
     eval_batch_size: int = 512
     eval_every: int = 1  # validate every N epochs (and always after the last); best.pt is chosen among those
@@ -145,6 +172,7 @@ class TrainConfig:
 
 CHOICES = {
     "data.class_balance": ("none", "weighted-loss", "sampler"),
+    "data.mode": ("auto", "memory", "stream"),
     "optim.name": ("sgd", "adam", "adamw", "muon"),
     "model.channels_last": (True, False, "auto"),
     "model.compile": (True, False, "auto", "reduce-overhead"),
@@ -154,6 +182,9 @@ CHOICES = {
     "precision": ("auto", "fastest", "fp32", "bf16", "fp16"),
     "keep_host_memory": (True, False, "auto"),
     "nonfinite": ("error", "skip"),
+    "early_stop.metric": ("val_acc", "val_loss"),
+    "small_data": ("auto", "batch+lr", "batch", "off", "applied"),
+    "drop_last": (True, False, "auto"),
 }
 
 
@@ -175,6 +206,7 @@ def load_recipe(path: str | Path) -> dict:
         raise ConfigError(f"recipe {path}: cannot read it ({exc.strerror})") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a recipe must be a mapping of config keys")
+    _drop_debug_section(data, path)
     return data
 
 
@@ -213,11 +245,33 @@ def build_config(recipe: str | Path | dict | None = None, overrides: dict[str, A
     elif recipe is not None:
         data = load_recipe(recipe)
         data.setdefault("recipe", str(recipe))
+    _drop_debug_section(data, "config")
     for key, value in (overrides or {}).items():
         _set_dotted(data, key, value)
+    if data.get("small_data", "auto") == "auto":
+        data["small_data"] = small_data_mode(data)
     config = _from_dict(TrainConfig, data, "")
     validate(config)
     return config
+
+
+def _drop_debug_section(data: dict, where) -> None:
+    """Configs written before issue 22 carry a ``debug:`` section of test hooks (now ``engine.TrainHooks``).
+
+    Such a run directory or recipe must still load: the section is dropped with one warning line.
+    A ``--set debug.*`` given now is still refused as an unknown key (it would silently do nothing).
+    """
+    if "debug" in data:
+        logging.getLogger(__name__).warning("%s: ignoring its 'debug' section (test hooks are no longer config options)", where)
+        del data["debug"]
+
+
+def small_data_mode(data: dict) -> str:
+    """``small_data`` for a recipe+overrides mapping: adapt only what the user did not set."""
+    if "batch_size" in data:
+        return "off"
+    optim = data.get("optim")
+    return "batch" if isinstance(optim, dict) and "lr" in optim else "batch+lr"
 
 
 def config_from_dict(data: dict) -> TrainConfig:
@@ -250,6 +304,9 @@ def validate(config: TrainConfig) -> None:
     for key, allowed in CHOICES.items():
         if flat.get(key) not in allowed:
             raise ConfigError(f"config {key}={flat.get(key)!r}: expected one of {', '.join(map(str, allowed))}")
+    crop_pct = config.data.crop_pct
+    if crop_pct is not None and (isinstance(crop_pct, bool) or not isinstance(crop_pct, (int, float)) or not 0 < crop_pct <= 1):
+        raise ConfigError(f"config data.crop_pct={crop_pct!r} (--crop-pct): must be a number in (0, 1], e.g. 0.875")
     if config.batch_size < 1 or config.eval_batch_size < 1:
         raise ConfigError("config batch_size/eval_batch_size: must be >= 1")
     if config.max_steps is None and config.epochs < 1:
@@ -298,8 +355,26 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(f"config data.limit_train={data.limit_train} (--limit-train): must be >= 1 (or null for all images)")
     if data.val_size is not None and data.val_size < 0:
         raise ConfigError(f"config data.val_size={data.val_size} (--val-size): must be >= 0 (0: no validation split)")
+    _check_budget(config.budget)
+    if config.early_stop.patience is not None and config.early_stop.patience < 1:
+        raise ConfigError(f"config early_stop.patience={config.early_stop.patience} (--early-stop): must be >= 1 (or null for off)")
+    if config.early_stop.min_delta < 0:
+        raise ConfigError(f"config early_stop.min_delta={config.early_stop.min_delta}: must be >= 0")
     if data.image_size is not None and data.image_size < 1:
         raise ConfigError(f"config data.image_size={data.image_size} (--image-size): must be >= 1 (or null for the images' own size)")
+
+
+def _check_budget(budget: BudgetConfig) -> None:
+    if budget.seconds is not None and not budget.seconds > 0:
+        raise ConfigError(f"config budget.seconds={budget.seconds} (--budget): must be > 0")
+    classes = BUDGET_MACHINE_CLASSES
+    if not isinstance(budget.plans, dict):
+        raise ConfigError(f"config budget.plans: expected a mapping of {', '.join(classes)} to lists of plans")
+    for hardware, table in budget.plans.items():
+        if hardware not in classes:
+            raise ConfigError(f"config budget.plans.{hardware}: unknown machine class (expected {', '.join(classes)})")
+        if not isinstance(table, list) or not table or not all(isinstance(p, dict) and ("epochs" in p or "max_steps" in p) for p in table):
+            raise ConfigError(f"config budget.plans.{hardware}: expected a list of mappings of config overrides, each setting epochs")
 
 
 def check_model(config: TrainConfig) -> None:

@@ -10,7 +10,8 @@ Rules:
 - at most :data:`MAX_PIXELS` pixels (a decompression bomb is refused before any pixel is decoded);
 - the EXIF orientation is applied; a malformed EXIF block is ignored (the pixels are still fine);
 - any PIL mode becomes RGB: alpha dropped, 16-bit scaled to 8 bits (never clipped);
-- resize: shorter side to the target, centre crop, :data:`INTERPOLATION` (bicubic, antialiased);
+- resize: shorter side to target / crop_pct, centre crop, :data:`INTERPOLATION` (bicubic, antialiased);
+  crop_pct is recorded in the model's metadata (1.0 for CIFAR-size models, 0.875 for photos);
 - normalize: uint8 -> float32 ``(x - 255 mean) / (255 std)`` channels-first.
 """
 
@@ -32,6 +33,8 @@ IMAGE_EXTENSIONS = frozenset(
 MAX_PIXELS = 50_000_000
 # The one resampling filter, PIL's and torch's names for it (antialiased in both).
 INTERPOLATION = "bicubic"
+# Evaluation centre crop for photo models (timm's default crop_pct); CIFAR-size models keep 1.0.
+PHOTO_CROP_PCT = 0.875
 
 
 class ImageError(DataError):
@@ -104,12 +107,22 @@ def draft(image: Image.Image, size: tuple[int, int]) -> None:
     image.draft("RGB", (max(1, int(image.size[0] * scale)), max(1, int(image.size[1] * scale))))
 
 
-def fit(image: Image.Image, size: tuple[int, int]) -> Image.Image:
-    """Resize the shorter side to ``size`` (H, W) and centre-crop, so aspect ratios are never distorted."""
+def check_crop_pct(crop_pct, where: str = "crop_pct") -> float:
+    """``crop_pct`` as a float in (0, 1]; a one-line DataError naming ``where`` otherwise."""
+    if isinstance(crop_pct, bool) or not isinstance(crop_pct, (int, float)) or not 0.0 < float(crop_pct) <= 1.0:
+        raise DataError(f"{where} must be a number in (0, 1] (the centre crop's share of the resized image, "
+                        f"0.875 for photos as timm), got {crop_pct!r}")
+    return float(crop_pct)
+
+
+def fit(image: Image.Image, size: tuple[int, int], crop_pct: float = 1.0) -> Image.Image:
+    """Resize the shorter side to ``size / crop_pct`` (H, W) and centre-crop ``size``, so aspect ratios are
+    never distorted. ``crop_pct`` < 1 is timm's evaluation crop for photos (0.875: a 224 crop of a 256
+    resize); 1.0 keeps the whole shorter side (CIFAR-size models, today's behaviour)."""
     height, width = size
-    if image.size == (width, height):
+    if image.size == (width, height) and crop_pct == 1.0:
         return image
-    scale = max(width / image.size[0], height / image.size[1])
+    scale = max(width / image.size[0], height / image.size[1]) / crop_pct
     new_w = max(width, round(image.size[0] * scale))
     new_h = max(height, round(image.size[1] * scale))
     image = image.resize((new_w, new_h), Image.Resampling.BICUBIC)
@@ -117,11 +130,21 @@ def fit(image: Image.Image, size: tuple[int, int]) -> Image.Image:
     return image.crop((left, top, left + width, top + height))
 
 
-def fit_batch(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def cap_shorter(image: Image.Image, side: int) -> Image.Image:
+    """The photo cache's bound: shrink so the shorter side is at most ``side`` (aspect kept, never enlarged)."""
+    short = min(image.size)
+    if short <= side:
+        return image
+    scale = side / short
+    new = (max(1, round(image.size[0] * scale)), max(1, round(image.size[1] * scale)))
+    return image.resize(new, Image.Resampling.BICUBIC)
+
+
+def fit_batch(images: torch.Tensor, size: tuple[int, int], crop_pct: float = 1.0) -> torch.Tensor:
     """:func:`fit` for a uint8 (N, H, W, 3) tensor batch (arrays already in memory), uint8 out."""
     x = images.permute(0, 3, 1, 2).float()
     height, width = x.shape[-2:]
-    scale = max(size[0] / height, size[1] / width)
+    scale = max(size[0] / height, size[1] / width) / crop_pct
     new_h, new_w = max(size[0], round(height * scale)), max(size[1], round(width * scale))
     x = torch.nn.functional.interpolate(x, size=(new_h, new_w), mode=INTERPOLATION, antialias=True, align_corners=False)
     top, left = (new_h - size[0]) // 2, (new_w - size[1]) // 2
@@ -131,9 +154,9 @@ def fit_batch(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 def resize_float(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Resize a normalized float (N, C, H, W) batch on its device (augmentation's progressive sizes,
-    ``data.image_size`` for 32x32 CIFAR arrays): bilinear, antialiased when shrinking. Kept apart from
-    :func:`fit` because it runs per batch inside training, where bicubic would change the recipes."""
-    return torch.nn.functional.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False,
+    ``data.image_size`` for 32x32 CIFAR arrays) with :data:`INTERPOLATION`, antialiased when shrinking:
+    the same filter as :func:`fit`, so one recorded interpolation describes every resize."""
+    return torch.nn.functional.interpolate(x, size=tuple(size), mode=INTERPOLATION, align_corners=False,
                                            antialias=size[0] < x.shape[-2])
 
 

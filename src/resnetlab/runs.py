@@ -166,6 +166,20 @@ class RunDir:
         """The test split's evaluation report (eval/metrics.json), when the run made one."""
         return self.read_json("eval/metrics.json")
 
+    def read_predictions(self) -> list[dict] | None:
+        """The per-image rows of the test report (eval/predictions.csv: index, path, true, predicted,
+        confidence, correct); None unless the report is complete (its metrics.json is written last)."""
+        path = self.eval_dir / "predictions.csv"
+        if not (self.eval_dir / "metrics.json").is_file() or not path.is_file():
+            return None
+        try:
+            rows = list(csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"))))
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            raise DataError(f"{path}: unreadable per-image predictions ({exc})") from exc
+        if rows and not {"index", "path", "correct"} <= set(rows[0]):
+            raise DataError(f"{path}: not a resnetlab predictions file (needs the columns index, path and correct)")
+        return rows
+
     def read_jsonl(self, name: str) -> list[dict]:
         """The records of ``name`` (metrics.jsonl, grad_norms.jsonl) up to the first line cut by a crash."""
         path = self.path / name

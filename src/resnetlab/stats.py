@@ -42,3 +42,43 @@ def pct(value: float | None, digits: int = 2, missing: str = "n/a", sign: str = 
     if value is None or not math.isfinite(value):
         return missing
     return f"{100 * value:.{digits}f}{sign}"
+
+
+def majority_baseline(labels, classes) -> dict | None:
+    """Accuracy of always predicting the most common class of ``labels``: ``{class, accuracy, n}``.
+
+    A classifier is only worth something above this; on an imbalanced split (ants/bees: 54% bees)
+    a model stuck at chance reads as a plausible "54%" without it. None for no labels.
+    """
+    import numpy as np
+
+    labels = np.asarray(labels, dtype=np.int64).ravel()
+    if labels.size == 0:
+        return None
+    counts = np.bincount(labels, minlength=len(classes))
+    top = int(counts.argmax())
+    return {"class": str(classes[top]), "accuracy": float(counts[top] / labels.size), "n": int(labels.size)}
+
+
+def proportion_interval(rate: float, n: int, level: float = 0.95) -> list[float]:
+    """Wilson score interval of a proportion observed as ``rate`` over ``n`` trials (Wilson 1927)."""
+    z = float(_scipy_stats.norm.ppf(0.5 + level / 2))
+    centre = (rate + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [max(0.0, centre - half), min(1.0, centre + half)]
+
+
+def baseline_verdict(accuracy: float | None, baseline: dict | None, interval=None) -> dict | None:
+    """Compare ``accuracy`` with a :func:`majority_baseline`: ``{better, text}``, None when either is unknown.
+
+    "No better" when the accuracy is at or below the majority rate, or the rate lies inside the
+    accuracy's interval (``interval`` [low, high]; default the Wilson interval over ``baseline['n']``).
+    """
+    if accuracy is None or baseline is None or not math.isfinite(accuracy):
+        return None
+    rate, name = baseline["accuracy"], baseline["class"]
+    low = (interval or proportion_interval(accuracy, baseline["n"]))[0]
+    better = accuracy > rate and low > rate
+    text = (f"above the majority baseline {pct(rate, 1)} (always '{name}')" if better
+            else f"no better than always predicting '{name}' ({pct(rate, 1)})")
+    return {"better": bool(better), "text": text}

@@ -43,8 +43,8 @@ def add_parser(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     # Train options whose defaults differ here (FINETUNE_DEFAULTS in resnetlab.finetune.run).
-    p.add_argument("--lr", type=float, help="base learning rate (default: recipe's, else 0.01)")
-    p.add_argument("--batch-size", type=int, help="global batch size (default: recipe's, else 64)")
+    p.add_argument("--lr", type=float, help="base learning rate (default: recipe's, else 0.01, scaled with an adapted batch size)")
+    p.add_argument("--batch-size", type=int, help="global batch size (default: recipe's, else 64, lowered for small datasets)")
     p.add_argument("--run-dir", help="run directory (default: runs/<model>-ft-<date>-<time>)")
     p.add_argument("--from", dest="source", metavar="SOURCE", help="pretrained weights (see 'sources' below)")
     p.add_argument("--source-format", choices=SOURCE_FORMATS, help=SOURCE_FORMAT_HELP)
@@ -116,6 +116,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    from resnetlab.commands.train import hooks_of
     from resnetlab.engine.signals import TrainingInterrupted
     from resnetlab.engine import distributed
     from resnetlab.finetune import build_config, finetune
@@ -134,20 +135,20 @@ def run(args: argparse.Namespace) -> int:
         if args.resume:
             if args.source or args.recipe:
                 raise ConfigError("--resume continues a run with its own config: do not combine it with --from or --recipe")
-            return _resume(Path(args.resume), overrides)
+            return _resume(Path(args.resume), overrides, hooks=hooks_of(args))
         config, options = build_config(args.recipe, overrides)
-        finetune(config, options)
+        finetune(config, options, hooks=hooks_of(args))
         return 0
     except TrainingInterrupted as exc:
         print(f"resnetlab: {exc}", file=sys.stderr)
         return exc.exit_code
 
 
-def _resume(run_dir: Path, overrides: dict) -> int:
+def _resume(run_dir: Path, overrides: dict, hooks=None) -> int:
     from resnetlab.engine.resume import resume_config
     from resnetlab.finetune import resume
 
     if any(k.startswith("finetune.") for k in overrides):
         raise ConfigError("--resume: the fine-tuning options are fixed by the run (finetune.json); only train options can change")
-    resume(run_dir, resume_config(run_dir, overrides))
+    resume(run_dir, resume_config(run_dir, overrides), hooks=hooks)
     return 0

@@ -27,6 +27,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--batch-size", type=int, default=64, help="images decoded and run together")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--source-format", choices=SOURCE_FORMATS, help=SOURCE_FORMAT_HELP)
+    parser.add_argument("--tta", action="store_true",
+                        help="test-time augmentation: average the probabilities over flipped and shifted views "
+                             "(the views of evaluate --tta; 6 passes per image)")
     parser.add_argument("--quiet", "-q", action="store_true", help="do not print the table (errors still go to stderr)")
     parser.set_defaults(run=run)
 
@@ -47,7 +50,7 @@ def run(args) -> int:
     def report(result) -> None:
         print(f"resnetlab: skipped {result.error}", file=sys.stderr)
 
-    results = predict_files(predictor, args.images, top_k=args.top_k, batch_size=args.batch_size, on_error=report)
+    results = predict_files(predictor, args.images, top_k=args.top_k, batch_size=args.batch_size, on_error=report, tta=args.tta)
     if not args.quiet:
         print_table(results, args.top_k)
     if args.output:

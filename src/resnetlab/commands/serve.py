@@ -32,6 +32,9 @@ def add_parser(subparsers) -> None:
                              "an upload that finds no room within 10 s gets 503 with Retry-After")
     parser.add_argument("--top-k", type=int, default=5, help="classes returned per image unless ?top_k= says otherwise")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    parser.add_argument("--tta", action="store_true",
+                        help="test-time augmentation (flipped and shifted views, as evaluate --tta) by default; "
+                             "a request's ?tta=0 or ?tta=1 overrides it")
     parser.set_defaults(run=run)
 
 
@@ -41,5 +44,5 @@ def run(args) -> int:
     # FORMAT:PATH is how every loader takes a named format (resnetlab.models.importers.split_format_prefix).
     model = f"{args.source_format}:{args.model}" if args.source_format else args.model
     serve(model, host=args.host, port=args.port, device=args.device, max_upload_mb=args.max_upload_mb,
-          top_k=args.top_k, allowed_hosts=args.allowed_host, decode_budget_mb=args.decode_budget_mb)
+          top_k=args.top_k, allowed_hosts=args.allowed_host, decode_budget_mb=args.decode_budget_mb, tta=args.tta)
     return 0

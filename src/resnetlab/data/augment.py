@@ -55,8 +55,19 @@ class AugmentConfig:
     cutout: int = 0
     policy: str | None = None
     epoch_sizes: list[int] | None = None
+    # Photo path (resnetlab.data.photo; image folders): RandomResizedCrop's area and aspect ranges
+    # (timm/torchvision default [0.08, 1] and [3/4, 4/3]; None: no RandomResizedCrop recipe), ColorJitter
+    # strength for brightness/contrast/saturation (timm's 0.4), RandomErasing probability (timm's reprob),
+    # and the MixUp / CutMix Beta alphas (0: off; both on: one of them per batch, soft targets).
+    rrc_scale: list[float] | None = None
+    rrc_ratio: list[float] = (0.75, 4 / 3)
+    color_jitter: float = 0.0
+    random_erasing: float = 0.0
+    mixup: float = 0.0
+    cutmix: float = 0.0
 
     def __post_init__(self) -> None:
+        self._check_photo()
         if self.crop_padding < 0 or self.cutout < 0 or self.rotation < 0:
             raise ConfigError("augment: crop_padding, cutout and rotation must be >= 0")
         if self.epoch_sizes is not None:
@@ -72,6 +83,26 @@ class AugmentConfig:
                 self.policy = None
             elif self.policy not in POLICIES:
                 raise ConfigError(f"augment.policy must be one of {', '.join(POLICIES)} or null, got {self.policy!r}")
+
+    def _check_photo(self) -> None:
+        for key in ("rrc_scale", "rrc_ratio"):
+            value = getattr(self, key)
+            if value is None and key == "rrc_scale":
+                continue
+            if (not isinstance(value, (list, tuple)) or len(value) != 2
+                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+                raise ConfigError(f"augment.{key}={value!r}: expected [min, max], two numbers")
+            lo, hi = float(value[0]), float(value[1])
+            if not 0 < lo <= hi or (key == "rrc_scale" and hi > 1):
+                bound = "0 < min <= max <= 1" if key == "rrc_scale" else "0 < min <= max"
+                raise ConfigError(f"augment.{key}={list(value)!r}: expected {bound}")
+            setattr(self, key, [lo, hi])
+        for key in ("color_jitter", "random_erasing", "mixup", "cutmix"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise ConfigError(f"augment.{key} must be a number >= 0, got {value!r}")
+        if self.random_erasing > 1:
+            raise ConfigError(f"augment.random_erasing is a probability in [0, 1], got {self.random_erasing!r}")
 
     @property
     def active(self) -> bool:

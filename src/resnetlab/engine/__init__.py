@@ -6,7 +6,7 @@ Imports are lazy so that ``resnetlab.engine.schedule`` & co. load without the wh
 
 import importlib
 
-__all__ = ["train", "TrainResult", "TrainingDiverged"]
+__all__ = ["train", "TrainResult", "TrainingDiverged", "TrainHooks"]
 
 
 def __getattr__(name):

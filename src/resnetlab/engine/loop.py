@@ -62,7 +62,8 @@ class StepOptions:
 
     grad_clip: float | None = None
     nonfinite: str = "error"  # error | skip
-    nan_at_step: int | None = None  # fault injection for tests
+    # TrainHooks.on_loss(step, loss) -> loss, applied to each pass's loss before backward (tests inject NaNs)
+    on_loss: Callable[[int, torch.Tensor], torch.Tensor] | None = None
     probe_steps: frozenset[int] = frozenset()
     dist: distributed.DistInfo = field(default_factory=distributed.DistInfo)
     # Images per forward/backward pass; a larger batch is run as several passes whose gradients
@@ -128,12 +129,13 @@ def train_step(state: TrainState, x: torch.Tensor, y: torch.Tensor, options: Ste
         finally:
             if probe is not None and i == 0:
                 probe.close()  # the first pass stands for the step
-        if options.nan_at_step is not None and state.step == options.nan_at_step:
-            loss = loss * float("nan")
+        if options.on_loss is not None:
+            loss = options.on_loss(state.step, loss)
         with contextlib.nullcontext() if last else _no_sync(model):
             (precision.scaler.scale(loss) if precision.scaler is not None else loss).backward()
         losses.append(loss.detach().float())
-        corrects.append((logits.detach().argmax(dim=1) == yc).sum())
+        hard = yc if yc.ndim == 1 else yc.argmax(dim=1)  # MixUp/CutMix soft targets: their dominant class
+        corrects.append((logits.detach().argmax(dim=1) == hard).sum())
     loss = torch.stack(losses).sum()
     if precision.scaler is not None:
         precision.scaler.unscale_(optimizer)
@@ -184,10 +186,11 @@ def _no_sync(model: nn.Module):
     return no_sync() if callable(no_sync) else contextlib.nullcontext()
 
 
-def train_one_epoch(state: TrainState, batches, total_steps: int, options: StepOptions, after_step: Callable[[dict], None]) -> dict:
+def train_one_epoch(state: TrainState, batches, total_steps: int, options: StepOptions, after_step: Callable[[dict], bool | None]) -> dict:
     """Run steps over ``batches`` (this epoch, from ``state.step_in_epoch``) until they end or ``total_steps``.
 
-    ``after_step(record)`` runs at every step boundary (logging, checkpoints, stop requests).
+    ``after_step(record)`` runs at every step boundary (logging, checkpoints, stop requests); a true
+    return ends the epoch there (a budget's deadline).
     Returns the epoch's train metrics plus ``images_per_sec`` and ``epoch_time_s`` of this process's part.
     """
     start = time.perf_counter()
@@ -196,7 +199,8 @@ def train_one_epoch(state: TrainState, batches, total_steps: int, options: StepO
         if state.step >= total_steps:
             break
         record = train_step(state, x, y, options)
-        after_step(record)
+        if after_step(record):
+            break
     elapsed = time.perf_counter() - start
     metrics = state.stats.metrics()
     metrics["images_per_sec"] = (state.stats.seen - seen_before) / max(elapsed, 1e-9)

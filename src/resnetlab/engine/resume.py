@@ -23,8 +23,6 @@ def resume_config(run_dir: str | Path, overrides: dict) -> TrainConfig:
     if not saved.is_file():
         raise ConfigError(f"--resume {run_dir}: no config.yaml there (not a run directory)")
     data = load_recipe(saved)
-    # A stop-after-steps test hook was meant for the invocation that set it, not for every resume.
-    data.setdefault("debug", {})["stop_after_steps"] = None
     config = build_config(data, {**overrides, "run_dir": str(run_dir)})
     if distributed.detect().is_main:  # one writer under torchrun
         write_config(config, saved)

@@ -21,6 +21,7 @@ import numpy as np  # noqa: E402
 
 from resnetlab.errors import DataError  # noqa: E402
 from resnetlab.evaluation.metrics import accuracy_ci_from_counts, nan_safe  # noqa: E402
+from resnetlab.evaluation.significance import compare_pair, markdown_section as significance_markdown  # noqa: E402
 from resnetlab.runs import RunDir  # noqa: E402
 from resnetlab.stats import t_interval  # noqa: E402
 from resnetlab.utils.atomic import atomic_write_bytes, atomic_write_text  # noqa: E402
@@ -341,8 +342,11 @@ def compare_runs(paths: list[str | Path], out_dir: str | Path | None = None, *, 
         if names.count(run.name) > 1:
             run.name = f"{run.path.parent.name}/{run.name}"
     rows = [summarize_run(run) for run in runs]
+    # Each run against the first (the baseline), paired on the same images: McNemar, bootstrap, seeds.
+    significance = [compare_pair(run, runs[0]) for run in runs[1:]]
     result = {
         "runs": rows,
+        "significance": significance,
         "created": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
         "command": command or shlex.join(sys.argv),
         "table": text_table(rows),
@@ -365,6 +369,7 @@ def compare_runs(paths: list[str | Path], out_dir: str | Path | None = None, *, 
         markdown_table(rows), "",
         "Accuracies: single runs show the value with its 95% bootstrap interval in brackets (when the split size is known); "
         "multi-seed runs show mean ± std over seeds (n = seeds) and carry a 95% t-interval in compare.json.", "",
+        *significance_markdown(significance),
     ]
     md += [f"![{name}]({name})" for name in pngs]
     atomic_write_text(out_dir / "compare.md", "\n".join(md) + "\n")

@@ -6,6 +6,7 @@ import contextlib
 import csv
 import io
 import json
+import logging
 import platform
 import sys
 import time
@@ -20,13 +21,17 @@ import torch.nn.functional as F
 from resnetlab import __version__
 from resnetlab.errors import DataError
 from resnetlab.evaluation import plots
+from resnetlab.evaluation.calibration import FIGURE as CALIBRATION_FIGURE, calibrate_model, report_summary, reliability_png as calibration_png
+from resnetlab.evaluation.explain import gallery_heatmaps
 from resnetlab.evaluation.metrics import bootstrap_mean_ci, calibration_errors, classification_metrics, nan_safe
 from resnetlab.evaluation.predictions import collect_outputs, model_classes, model_num_classes
 from resnetlab.evaluation.report import render_html, render_markdown
 from resnetlab.utils.atomic import atomic_write_bytes, atomic_write_text
 
+log = logging.getLogger(__name__)
+
 WRONG_GRID = 24  # images in the "most confidently wrong" grid
-OUTPUT_FILES = ("metrics.json", "report.html", "report.md")
+OUTPUT_FILES = ("metrics.json", "report.html", "report.md", "corruptions.json", "corruptions.png")
 
 
 def check_classes(model, imageset) -> None:
@@ -104,6 +109,18 @@ def _tta_summary(outputs, labels: torch.Tensor, seed: int) -> dict:
     }
 
 
+def _fit_temperature(model, validation, device, batch_size: int, context: dict | None) -> None:
+    try:
+        record = calibrate_model(model, validation, device=device, batch_size=batch_size,
+                                 data=str((context or {}).get("data")), split="val")
+    except Exception as exc:  # noqa: BLE001 - calibration must never cost a trained model its report
+        log.warning("warning: temperature scaling was skipped (%s); run 'resnetlab calibrate' on the run later", exc)
+        return
+    model.extra = {**(getattr(model, "extra", None) or {}), "calibration": record}
+    log.info("temperature scaling: T = %.4f fitted on the validation split (%d images): NLL %.4f -> %.4f",
+             record["temperature"], record["num_samples"], record["nll_before"], record["nll_after"])
+
+
 def _write_predictions_csv(path: Path, imageset, probs: torch.Tensor) -> None:
     confidence, pred = probs.max(1)
     buffer = io.StringIO()
@@ -115,13 +132,20 @@ def _write_predictions_csv(path: Path, imageset, probs: torch.Tensor) -> None:
 
 
 def evaluate_model(model, imageset, out_dir, *, device: str | torch.device = "cpu", batch_size: int = 512,
-                   tta: bool = False, context: dict | None = None, seed: int = 0) -> dict:
+                   tta: bool = False, context: dict | None = None, seed: int = 0, corruptions: dict | None = None,
+                   validation=None) -> dict:
     """Evaluate ``model`` on ``imageset`` and write the report into ``out_dir``.
 
     model: an ``nn.Module`` with ``.meta`` (normalized with its meta mean/std) or an object with
         ``logits(images_uint8_nhwc) -> Tensor`` such as an ONNX ``Predictor``.
     context: merged into ``metrics.json["context"]`` (e.g. ``{"data": {"split": "test", "spec": ...},
         "command": ..., "run_dir": ...}``).
+    corruptions: the result of :func:`resnetlab.evaluation.robustness.evaluate_corruptions`
+        (``evaluate --corruptions``): written as corruptions.json, plotted and given a report section.
+    validation: a training run's validation split (the engine passes it when ``imageset`` is a
+        separate test split): temperature scaling is fitted on it first, setting
+        ``model.meta.temperature`` and ``model.extra["calibration"]`` (the engine writes both into the
+        model file), so the report shows ``imageset`` before and after. A failed fit is a warning.
     Returns the metrics dict that is written to ``out_dir/metrics.json``; that file is written last,
     so its presence means the whole report is complete.
     """
@@ -134,6 +158,8 @@ def evaluate_model(model, imageset, out_dir, *, device: str | torch.device = "cp
     check_classes(model, imageset)
     if len(imageset) == 0:
         raise DataError(f"nothing to evaluate: the dataset {imageset.source or ''} is empty")
+    if validation is not None and len(validation) and hasattr(model, "meta"):
+        _fit_temperature(model, validation, device, batch_size, context)
 
     was_training = model.training if isinstance(model, nn.Module) else None
     try:
@@ -161,6 +187,8 @@ def evaluate_model(model, imageset, out_dir, *, device: str | torch.device = "cp
     confidence, pred = probs.max(1)
     wrong = torch.nonzero(pred != labels).flatten()
     wrong = wrong[confidence[wrong].argsort(descending=True)][:WRONG_GRID]
+    # Where the model looked when it said the wrong class (CAM where exact, else Grad-CAM).
+    heatmaps, heatmap_method = gallery_heatmaps(model, imageset.images[wrong], device)
     pngs = {
         "confusion_matrix.png": plots.confusion_matrix_png(metrics, classes),
         "per_class.png": plots.per_class_png(metrics),
@@ -170,13 +198,24 @@ def evaluate_model(model, imageset, out_dir, *, device: str | torch.device = "cp
         "confidence.png": plots.confidence_png(metrics),
         "wrong_images.png": plots.wrong_images_png(
             imageset.images[wrong].numpy(), [classes[i] for i in labels[wrong]], [classes[i] for i in pred[wrong]],
-            confidence[wrong].numpy()),
+            confidence[wrong].numpy(), heatmaps=heatmaps, heatmap_method=heatmap_method),
     }
+    if corruptions is not None:
+        from resnetlab.evaluation.robustness import corruptions_png
+
+        metrics["corruptions"] = nan_safe(corruptions)
+        pngs["corruptions.png"] = corruptions_png(corruptions)
+    # Temperature scaling before/after on this split, for a calibrated model (resnetlab calibrate).
+    calibration = report_summary(model, outputs.logits, labels, _normalize_context(context))
+    if calibration is not None:
+        metrics["temperature_scaling"] = calibration
+        pngs[CALIBRATION_FIGURE] = calibration_png(calibration)
     metrics["most_confident_wrong"] = [
         {"index": int(i), "path": imageset.paths[i] if imageset.paths else None, "true": classes[labels[i]],
          "predicted": classes[pred[i]], "confidence": float(confidence[i])}
         for i in wrong.tolist()
     ]
+    metrics["most_confident_wrong_heatmaps"] = heatmap_method  # "cam", "gradcam" or None (no heatmaps)
 
     ctx = {
         "model": _model_context(model),
@@ -192,12 +231,15 @@ def evaluate_model(model, imageset, out_dir, *, device: str | torch.device = "cp
     }
     metrics["context"] = _deep_update(ctx, _normalize_context(context))
     metrics["context"]["eval_time_s"] = round(time.perf_counter() - started, 3)
-    metrics["files"] = sorted([*pngs, "predictions.csv", "report.html", "report.md", "metrics.json"])
+    metrics["files"] = sorted([*pngs, "predictions.csv", "report.html", "report.md", "metrics.json",
+                               *(["corruptions.json"] if corruptions is not None else [])])
     metrics = nan_safe(metrics)
 
     for name, data in pngs.items():
         atomic_write_bytes(out_dir / name, data)
     _write_predictions_csv(out_dir / "predictions.csv", imageset, probs)
+    if corruptions is not None:
+        atomic_write_text(out_dir / "corruptions.json", json.dumps(metrics["corruptions"], indent=1, allow_nan=False) + "\n")
     atomic_write_text(out_dir / "report.md", render_markdown(metrics, list(pngs)))
     atomic_write_text(out_dir / "report.html", render_html(metrics, pngs))
     # Last: its presence marks a complete report.

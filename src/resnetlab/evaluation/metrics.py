@@ -23,6 +23,8 @@ from sklearn.metrics import (
     roc_curve,
 )
 
+from resnetlab.stats import majority_baseline
+
 CURVE_POINTS = 101  # ROC/PR curves are stored in metrics.json sampled on this many grid points
 ECE_BINS = 15  # Guo et al. 2017, "On Calibration of Modern Neural Networks", use 15 equal-width bins
 
@@ -232,6 +234,8 @@ def classification_metrics(probs: torch.Tensor, labels: torch.Tensor, classes: l
         "loss": float(loss),
         "error_rate": float(1.0 - top1),
         "accuracy_ci": bootstrap_mean_ci(correct, n_resamples=bootstrap_resamples, seed=seed),
+        # What always predicting this split's most common class scores: the floor a model must clear.
+        "majority_baseline": majority_baseline(y_np, classes),
         "per_class": per_class,
         "macro": {**averages["macro"], "auc": float(np.mean(defined)) if defined else None,
                   "average_precision": float(np.mean(defined_ap)) if defined_ap else None},

@@ -185,10 +185,12 @@ def _fit(image: np.ndarray, side: int) -> np.ndarray:
     return np.asarray(pil.resize((side, side), resample))
 
 
-def wrong_images_png(images: np.ndarray, true: list[str], pred: list[str], confidence: np.ndarray, columns: int = 6) -> bytes:
+def wrong_images_png(images: np.ndarray, true: list[str], pred: list[str], confidence: np.ndarray, columns: int = 6,
+                     heatmaps: np.ndarray | None = None, heatmap_method: str | None = None) -> bytes:
     """A grid of images (uint8 N, H, W, 3) labelled with true and predicted class and confidence.
 
-    The grid is one mosaic image in one axes with text on top: dozens of small axes would make
+    ``heatmaps`` (N, H, W) in [0, 1]: each tile gets its overlay (``resnetlab.evaluation.explain``) on the
+    right. The grid is one mosaic image in one axes with text on top: dozens of small axes would make
     matplotlib's layout cost seconds.
     """
     count = len(images)
@@ -198,9 +200,15 @@ def wrong_images_png(images: np.ndarray, true: list[str], pred: list[str], confi
             ax.axis("off")
             ax.text(0.5, 0.5, "No wrong predictions.", ha="center", va="center", fontsize=13)
             return png_bytes(fig, dpi=DPI)
+    if heatmaps is not None:
+        columns = min(columns, 4)  # two pictures per tile
     cols = min(columns, count)
     rows = int(np.ceil(count / cols))
     side, cell_w, label_h, header = 136, 184, 44, 40  # pixels at DPI
+    if heatmaps is not None:
+        from resnetlab.evaluation.explain import overlay
+
+        side, cell_w = 120, 2 * 120 + 40
     cell_h = side + label_h + 12
     width, height = cols * cell_w, rows * cell_h + header
     canvas = np.full((height, width, 3), 255, dtype=np.uint8)
@@ -208,13 +216,20 @@ def wrong_images_png(images: np.ndarray, true: list[str], pred: list[str], confi
     ax = fig.add_axes((0, 0, 1, 1))
     for i in range(count):
         r, c = divmod(i, cols)
-        x0 = c * cell_w + (cell_w - side) // 2
+        pictures = [_fit(images[i], side)]
+        if heatmaps is not None:
+            pictures.append(overlay(pictures[0], heatmaps[i]))
+        x0 = c * cell_w + (cell_w - side * len(pictures) - 4 * (len(pictures) - 1)) // 2
         y0 = header + r * cell_h + label_h
-        canvas[y0: y0 + side, x0: x0 + side] = _fit(images[i], side)
+        for k, picture in enumerate(pictures):
+            canvas[y0: y0 + side, x0 + k * (side + 4): x0 + k * (side + 4) + side] = picture
         ax.text(c * cell_w + cell_w / 2, y0 - 4, f"true: {true[i]}\npred: {pred[i]} ({confidence[i]:.0%})",
                 ha="center", va="bottom", fontsize=8.5, color="#991b1b")
     ax.imshow(canvas, interpolation="nearest", extent=(0, width, height, 0))
-    ax.text(width / 2, header / 2, "Most confidently wrong predictions", ha="center", va="center", fontsize=12, fontweight="bold")
+    title = "Most confidently wrong predictions"
+    if heatmaps is not None:
+        title += f" (right: {'CAM' if heatmap_method == 'cam' else 'Grad-CAM'} of the predicted class)"
+    ax.text(width / 2, header / 2, title, ha="center", va="center", fontsize=12, fontweight="bold")
     ax.set_xlim(0, width)
     ax.set_ylim(height, 0)
     ax.set_axis_off()

@@ -21,7 +21,8 @@ FIGURES = [  # (file name, title, caption, full width)
     ("pr.png", "Precision-recall curves", "One class against the rest; average precision in the legend.", False),
     ("reliability.png", "Reliability diagram", "Accuracy per confidence bin; bars below the diagonal mean over-confidence.", False),
     ("confidence.png", "Confidence histogram", "Top-1 probability of right and wrong predictions.", False),
-    ("wrong_images.png", "Most confidently wrong", "The wrong predictions the model was most sure of: label noise, look-alike classes, or blind spots.", True),
+    ("wrong_images.png", "Most confidently wrong", "The wrong predictions the model was most sure of: label noise, look-alike classes, or blind spots. "
+     "Where shown, the heatmap beside each picture (CAM or Grad-CAM, of the predicted class) marks what drove the wrong answer.", True),
 ]
 
 
@@ -49,6 +50,16 @@ def _ci_text(ci: dict) -> str:
     return f"{ci['level']:.0%} CI {pct(ci['low'])} – {pct(ci['high'])}"
 
 
+def baseline_text(metrics: dict, prefix: str = "") -> str:
+    """The accuracy against always predicting the split's most common class ('' when unknown)."""
+    from resnetlab.stats import baseline_verdict
+
+    ci = metrics.get("accuracy_ci") or {}
+    interval = [ci["low"], ci["high"]] if ci.get("low") is not None else None
+    verdict = baseline_verdict(metrics.get("accuracy"), metrics.get("majority_baseline"), interval)
+    return "" if verdict is None else prefix + verdict["text"]
+
+
 def headline(metrics: dict) -> str:
     ci = metrics["accuracy_ci"]
     tta = metrics.get("tta") or {}
@@ -69,7 +80,7 @@ def headline(metrics: dict) -> str:
         '<div class="hero"><div class="headline">'
         f'<div class="label">{_e(label)}</div><div class="value">{pct(metrics["accuracy"])}</div>'
         f'<div class="ci">{_e(_ci_text(ci))} (bootstrap, {ci["n_resamples"]} resamples)<br>'
-        f'{metrics["num_samples"]} images, {metrics["num_classes"]} classes</div></div>'
+        f'{metrics["num_samples"]} images, {metrics["num_classes"]} classes{_e(baseline_text(metrics, "; "))}</div></div>'
         f'<div class="cards">{"".join(cards)}</div></div>'
     )
 
@@ -149,16 +160,39 @@ def tta_table(metrics: dict) -> str:
             f'<table id="tta"><thead><tr><th></th><th>accuracy</th><th>loss</th><th>ECE</th></tr></thead><tbody>{rows}</tbody></table></section>')
 
 
+def embedded_figure(png: bytes, title: str, caption: str, *, wide: bool = False) -> str:
+    """One ``<figure>`` with the PNG inline as a data URI (every report page is a single offline file)."""
+    data = base64.b64encode(png).decode("ascii")
+    return (f'<figure{" class=wide" if wide else ""}><img alt="{_e(title)}" src="data:image/png;base64,{data}">'
+            f'<figcaption><b>{_e(title)}.</b> {_e(caption)}</figcaption></figure>')
+
+
 def figures_section(pngs: dict[str, bytes], num_classes: int) -> str:
     items = []
     for name, title, caption, wide in FIGURES:
         if name not in pngs:
             continue
         wide = wide or (num_classes > 6 and name in ("confusion_matrix.png", "per_class.png"))
-        data = base64.b64encode(pngs[name]).decode("ascii")
-        items.append(f'<figure{" class=wide" if wide else ""}><img alt="{_e(title)}" src="data:image/png;base64,{data}">'
-                     f'<figcaption><b>{_e(title)}.</b> {_e(caption)}</figcaption></figure>')
+        items.append(embedded_figure(pngs[name], title, caption, wide=wide))
     return f'<section><h2>Figures</h2><div class="figs">{"".join(items)}</div></section>'
+
+
+def corruptions_section(metrics: dict, pngs: dict[str, bytes]) -> str:
+    """``evaluate --corruptions``: drawn by evaluation/robustness.py, empty without it."""
+    if not metrics.get("corruptions"):
+        return ""
+    from resnetlab.evaluation.robustness import section_html
+
+    return section_html(metrics["corruptions"], pngs.get("corruptions.png"))
+
+
+def calibration_section(metrics: dict, pngs: dict[str, bytes]) -> str:
+    """Temperature scaling before/after: drawn by evaluation/calibration.py, empty for an uncalibrated model."""
+    if not metrics.get("temperature_scaling"):
+        return ""
+    from resnetlab.evaluation.calibration import FIGURE, section_html
+
+    return section_html(metrics["temperature_scaling"], pngs.get(FIGURE))
 
 
 def render_html(metrics: dict, pngs: dict[str, bytes]) -> str:
@@ -167,7 +201,7 @@ def render_html(metrics: dict, pngs: dict[str, bytes]) -> str:
     model_name = ctx.get("model", {}).get("name", "model")
     split = ctx.get("data", {}).get("split") or ""
     template = Template(resources.files("resnetlab.evaluation").joinpath("templates/report.html").read_text(encoding="utf-8"))
-    body = headline(metrics) + tta_table(metrics) + per_class_table(metrics) + confusions_table(metrics) + figures_section(pngs, metrics["num_classes"]) + context_table(metrics)
+    body = headline(metrics) + tta_table(metrics) + per_class_table(metrics) + confusions_table(metrics) + figures_section(pngs, metrics["num_classes"]) + calibration_section(metrics, pngs) + corruptions_section(metrics, pngs) + context_table(metrics)
     return template.substitute(
         title=_e(f"Evaluation of {model_name}"),
         subtitle=_e(" · ".join(x for x in (ctx.get("data", {}).get("spec") or ctx.get("data", {}).get("source") or "", f"{split} split" if split else "") if x)),
@@ -192,6 +226,7 @@ def render_markdown(metrics: dict, figure_names: list[str]) -> str:
         "| metric | value |",
         "|---|---|",
         f"| top-1 accuracy | **{pct(metrics['accuracy'])}** ({_ci_text(ci)}, bootstrap) |",
+        f"| majority-class baseline | {baseline_text(metrics) or 'n/a'} |",
         f"| top-{metrics['top_k']} accuracy | {pct(metrics['top5_accuracy'])} |",
         f"| loss (cross-entropy) | {_num(metrics['loss'])} |",
         f"| macro / weighted F1 | {_num(metrics['macro']['f1'])} / {_num(metrics['weighted']['f1'])} |",
@@ -207,7 +242,15 @@ def render_markdown(metrics: dict, figure_names: list[str]) -> str:
     if metrics["most_confused"]:
         lines += ["", "## Most confused (true → predicted)", ""]
         lines += [f"- {p['true']} → {p['predicted']}: {p['count']} ({pct(p['fraction_of_true'], 1)} of {p['true']})" for p in metrics["most_confused"][:5]]
+    if metrics.get("temperature_scaling"):
+        from resnetlab.evaluation.calibration import section_markdown as calibration_markdown
+
+        lines += calibration_markdown(metrics["temperature_scaling"])
+    if metrics.get("corruptions"):
+        from resnetlab.evaluation.robustness import section_markdown
+
+        lines += section_markdown(metrics["corruptions"])
     lines += ["", "## Figures", ""]
-    lines += [f"![{name}]({name})" for name in figure_names]
+    lines += [f"![{name}]({name})" for name in figure_names if name not in ("corruptions.png", "reliability_calibrated.png")]
     lines += ["", "Full report: [report.html](report.html); every number: [metrics.json](metrics.json).", ""]
     return "\n".join(lines)

@@ -45,7 +45,8 @@ def _default_out_dir(model_path: Path, run_dir: Path | None, split: str) -> Path
 
 def evaluate_path(model_path: str | Path, data: str | None = None, *, split: str | None = None, out_dir: str | Path | None = None,
                   tta: bool = False, batch_size: int = 512, device: str | None = "auto", data_dir: str | None = None,
-                  image_size: int | None = None, command: str | None = None, source_format: str | None = None) -> tuple[dict, Path]:
+                  image_size: int | None = None, command: str | None = None, source_format: str | None = None,
+                  corruptions: dict | None = None) -> tuple[dict, Path]:
     """Load the model and the data split, run :func:`evaluate_model`, return ``(metrics, out_dir)``.
 
     When the model lives in a run directory its ``config.yaml`` supplies the data spec (if ``data`` is
@@ -55,6 +56,10 @@ def evaluate_path(model_path: str | Path, data: str | None = None, *, split: str
     ``split=None`` means ``test``, except for other data than the run's own that has neither a
     ``val/`` nor a ``test/`` folder (a plain ``<class>/*.jpg`` tree): then every image is evaluated
     (``all``), resized to the model's input size. Classes are matched to the model's by name.
+
+    ``corruptions`` (``evaluate --corruptions``): keyword arguments of
+    :func:`resnetlab.evaluation.robustness.evaluate_corruptions` (types, severities, limit, seed),
+    plus ``baseline``: the path of a baseline model for the mCE, loaded like MODEL.
     """
     if split is not None and split not in SPLITS:
         raise ConfigError(f"--split {split!r}: choose one of {', '.join(SPLITS)}")
@@ -62,13 +67,38 @@ def evaluate_path(model_path: str | Path, data: str | None = None, *, split: str
     model_path = Path(str(model_path))
     run = RunDir.find(model_path)
     run_dir = run.path if run else None
-    data_cfg = (run.read_config() if run else {}).get("data") or {}
-    if not isinstance(data_cfg, dict):
-        data_cfg = {}
+    data_cfg = _data_config(run)
+    if not (data or data_cfg.get("spec")):  # before the model loads, which can take seconds
+        raise ConfigError("--data is required (cifar10, cifar100, an archive or an image folder) unless MODEL is a run directory")
+    model = load_model_for_eval(model_path, device=device, source_format=source_format)
+    imageset, spec, split = load_eval_split(model_path, model, data, split, data_dir=data_dir, image_size=image_size)
+    out = Path(out_dir) if out_dir else _default_out_dir(model_path, run_dir, split)
+    context = {
+        "model": {"path": str(model_path), "run_dir": str(run_dir) if run_dir else None},
+        "data": {"spec": str(spec), "split": split, "data_dir": data_dir or data_cfg.get("data_dir")},
+        "command": command or shlex.join(sys.argv),
+    }
+    extra = getattr(model, "extra", None) or {}
+    if extra.get("recipe") or extra.get("run_name"):
+        context["model"]["trained_with"] = ", ".join(f"{k} {extra[k]}" for k in ("run_name", "recipe", "epochs") if extra.get(k))
+    if isinstance(extra.get("imported"), dict):
+        context["model"]["imported"] = extra["imported"]
+    robustness = _corruptions(model, imageset, corruptions, device, batch_size) if corruptions is not None else None
+    metrics = evaluate_model(model, imageset, out, device=device, batch_size=batch_size, tta=tta, context=context,
+                             corruptions=robustness)
+    return metrics, out
+
+
+def load_eval_split(model_path: str | Path, model, data: str | None, split: str | None, *, data_dir: str | None = None,
+                    image_size: int | None = None) -> tuple["ImageSet", str, str]:
+    """``(imageset, spec, split)``: the split of ``data`` (default: the run's data) that ``model`` is
+    evaluated or calibrated on, relabelled in the model's class order (see :func:`evaluate_path`)."""
+    if split is not None and split not in SPLITS:
+        raise ConfigError(f"--split {split!r}: choose one of {', '.join(SPLITS)}")
+    data_cfg = _data_config(RunDir.find(Path(str(model_path))))
     spec = data or data_cfg.get("spec")
     if not spec:
         raise ConfigError("--data is required (cifar10, cifar100, an archive or an image folder) unless MODEL is a run directory")
-    model = load_model_for_eval(model_path, device=device, source_format=source_format)
 
     from resnetlab.data import load_splits
 
@@ -92,20 +122,32 @@ def evaluate_path(model_path: str | Path, data: str | None = None, *, split: str
         available = [s for s in SPLITS[:3] if getattr(splits, s) is not None and len(getattr(splits, s))]
         raise DataError(f"--split {split}: the data {spec} has no {split} split (available: {', '.join(available)}; "
                         "or --split all)")
-    imageset = match_classes(imageset, model, spec)
-    out = Path(out_dir) if out_dir else _default_out_dir(model_path, run_dir, split)
-    context = {
-        "model": {"path": str(model_path), "run_dir": str(run_dir) if run_dir else None},
-        "data": {"spec": str(spec), "split": split, "data_dir": data_dir or data_cfg.get("data_dir")},
-        "command": command or shlex.join(sys.argv),
-    }
-    extra = getattr(model, "extra", None) or {}
-    if extra.get("recipe") or extra.get("run_name"):
-        context["model"]["trained_with"] = ", ".join(f"{k} {extra[k]}" for k in ("run_name", "recipe", "epochs") if extra.get(k))
-    if isinstance(extra.get("imported"), dict):
-        context["model"]["imported"] = extra["imported"]
-    metrics = evaluate_model(model, imageset, out, device=device, batch_size=batch_size, tta=tta, context=context)
-    return metrics, out
+    from resnetlab.data.photo import for_model
+
+    imageset = for_model(imageset, model.meta)  # the model's recorded evaluation crop (photos: crop_pct 0.875)
+    return match_classes(imageset, model, spec), str(spec), split
+
+
+def _data_config(run: RunDir | None) -> dict:
+    """The ``data:`` section of the run's config.yaml ({} outside a run)."""
+    data_cfg = (run.read_config() if run else {}).get("data") or {}
+    return data_cfg if isinstance(data_cfg, dict) else {}
+
+
+def _corruptions(model, imageset, options: dict, device, batch_size: int) -> dict:
+    """``evaluate --corruptions``: the corruption sweep, with the baseline model loaded as MODEL is."""
+    from resnetlab.evaluation.robustness import evaluate_corruptions
+
+    options = dict(options)
+    baseline_path = options.pop("baseline", None)
+    baseline = None
+    if baseline_path is not None:
+        try:
+            baseline = load_model_for_eval(baseline_path, device=device)
+        except CheckpointError as exc:  # say which of the two models is at fault
+            raise CheckpointError(f"--baseline {baseline_path}: {exc}") from exc
+    return evaluate_corruptions(model, imageset, device=device, batch_size=batch_size, baseline=baseline,
+                                baseline_name=str(baseline_path) if baseline_path else None, **options)
 
 
 def match_classes(imageset, model, spec) -> "ImageSet":
@@ -152,6 +194,8 @@ def _model_side(model) -> int | None:
 
 def summary_lines(metrics: dict, out_dir: Path) -> list[str]:
     """A few lines for the terminal."""
+    from resnetlab.evaluation.report import baseline_text
+
     ci = metrics["accuracy_ci"]
     cal = metrics["calibration"]
     lines = [
@@ -159,7 +203,8 @@ def summary_lines(metrics: dict, out_dir: Path) -> list[str]:
         f"[{metrics['context']['data'].get('split') or '?'}], {metrics['num_samples']} images",
         f"accuracy {metrics['accuracy']:.2%} (95% CI {ci['low']:.2%} - {ci['high']:.2%})"
         + (f", top-5 {metrics['top5_accuracy']:.2%}" if metrics["num_classes"] > 5 else "")
-        + f", loss {metrics['loss']:.4f}",
+        + f", loss {metrics['loss']:.4f}"
+        + baseline_text(metrics, "; "),
         f"macro F1 {metrics['macro']['f1']:.4f}, macro AUC {metrics['macro']['auc'] if metrics['macro']['auc'] is None else round(metrics['macro']['auc'], 4)}, "
         f"ECE {cal['ece']:.2%}",
     ]

@@ -96,21 +96,13 @@ class Prepared:
 # --------------------------------------------------------------------------- entry points
 
 
-def finetune(config: TrainConfig, options: FinetuneOptions, *, splits=None):
-    """Fine-tune per ``options`` and ``config``; returns the engine's ``TrainResult``.
+def prepare_pretrained(config: TrainConfig, options: FinetuneOptions, splits, keep_grads: bool = False) -> Prepared:
+    """The pretrained model adapted to ``splits`` (head, stem) with its strategy's parameter groups.
 
-    ``config.model.name`` names the architecture to build (``auto``: the source's); the rest of the
-    config (data, optimizer, schedule, epochs, run dir, device...) means what it means in ``train``.
+    Sets ``config.model.name``/``options`` to the built architecture. Shared by :func:`finetune` and
+    the learning-rate range test (``resnetlab lr-find --from``).
     """
-    from resnetlab.engine import train
-    from resnetlab.engine.distributed import detect
-    from resnetlab.runs import default_run_dir
-
-    options.validate()
-    if not options.source:
-        raise ConfigError("--from: say where the pretrained weights come from (run dir, .pth/.safetensors file, torchvision:NAME.WEIGHTS or timm:NAME)")
-    config = copy.deepcopy(config)
-    splits = splits if splits is not None else load_splits_for(config.data)
+    check_options(options)
     source = load_source(options.source)
     torch.manual_seed(config.seed)  # the new head's init: a run is a function of its seed
     model_name = None if config.model.name == AUTO_MODEL else config.model.name
@@ -123,25 +115,57 @@ def finetune(config: TrainConfig, options: FinetuneOptions, *, splits=None):
     config.model.name = model.meta.name
     config.model.options = dict(model.meta.options)
     _check_input_size(model, config.data.image_size or splits.train.image_size[0])
-    prepared = _prepare(model, config, options, source, keys, keep_grads=detect().enabled)
+    return _prepare(model, config, options, source, keys, keep_grads=keep_grads)
+
+
+def check_options(options: FinetuneOptions) -> None:
+    """The fine-tuning options' own checks, before any data loads."""
+    options.validate()
+    if not options.source:
+        raise ConfigError("--from: say where the pretrained weights come from (run dir, .pth/.safetensors file, torchvision:NAME.WEIGHTS or timm:NAME)")
+
+
+def finetune(config: TrainConfig, options: FinetuneOptions, *, splits=None, hooks=None):
+    """Fine-tune per ``options`` and ``config``; returns the engine's ``TrainResult``.
+
+    ``config.model.name`` names the architecture to build (``auto``: the source's); the rest of the
+    config (data, optimizer, schedule, epochs, run dir, device...) means what it means in ``train``.
+    """
+    from resnetlab.engine import train
+    from resnetlab.engine.distributed import detect
+    from resnetlab.engine.hooks import with_epoch_start
+    from resnetlab.runs import default_run_dir
+
+    check_options(options)
+    config = copy.deepcopy(config)
+    splits = splits if splits is not None else load_splits_for(config.data)
+    prepared = prepare_pretrained(config, options, splits, keep_grads=detect().enabled)
+    model = prepared.model
 
     run_dir = RunDir(config.run_dir or default_run_dir(f"{model.meta.name}-ft", config.name))
     if run_dir.holds_run():  # checked again as the engine creates it; this is only the early answer
         raise ConfigError(f"run directory {run_dir.path} already holds a run: continue it with --resume {run_dir.path} or choose another --run-dir")
     config.run_dir = str(run_dir.path)
+    if config.budget.seconds is not None and config.budget.chosen is None:
+        from resnetlab.budget.run import check_budget_allowed, plan_config
+
+        check_budget_allowed()
+        config = plan_config(config, config.budget.seconds, splits, final_report=_final_report(config), model=prepared.model)
     if detect().is_main:
         _print_plan(prepared, config)
     # The records go into the run directory as the engine creates it, after its checks have passed.
-    return train(config, model=prepared.model, splits=splits, param_groups=prepared.schedule.groups, on_epoch_start=prepared.on_epoch_start,
+    return train(config, model=prepared.model, splits=splits, param_groups=prepared.schedule.groups,
+                 hooks=with_epoch_start(hooks, prepared.on_epoch_start),
                  records=_records(options, prepared), final_report=_final_report(config))
 
 
-def resume(run_dir: str | Path, config: TrainConfig | None = None, *, splits=None):
+def resume(run_dir: str | Path, config: TrainConfig | None = None, *, splits=None, hooks=None):
     """Continue a fine-tuning run from its newest intact checkpoint (model rebuilt from its metadata)."""
     from resnetlab.config import read_config
     from resnetlab.engine.checkpoint import CheckpointManager
     from resnetlab.engine import train
     from resnetlab.engine.distributed import detect
+    from resnetlab.engine.hooks import with_epoch_start
     from resnetlab.models.metadata import validate_meta
     from resnetlab.models.registry import create_model
 
@@ -160,7 +184,7 @@ def resume(run_dir: str | Path, config: TrainConfig | None = None, *, splits=Non
     model.meta = meta
     prepared = _prepare(model, config, options, None, None, keep_grads=detect().enabled)
     return train(config, model=model, splits=splits, param_groups=prepared.schedule.groups,
-                 on_epoch_start=prepared.on_epoch_start, resume_from=run_dir, final_report=_final_report(config))
+                 hooks=with_epoch_start(hooks, prepared.on_epoch_start), resume_from=run_dir, final_report=_final_report(config))
 
 
 def _final_report(config: TrainConfig):
@@ -180,11 +204,12 @@ def build_config(recipe: str | Path | dict | None = None, overrides: dict | None
     """
     from resnetlab.config import build_config as build_train_config, load_recipe
 
+    from resnetlab.config import small_data_mode
+
     data = copy.deepcopy(FINETUNE_DEFAULTS)
-    if isinstance(recipe, dict):
-        data = _merge(data, copy.deepcopy(recipe))
-    elif recipe is not None:
-        data = _merge(data, load_recipe(recipe))
+    user = copy.deepcopy(recipe) if isinstance(recipe, dict) else load_recipe(recipe) if recipe is not None else {}
+    data = _merge(data, copy.deepcopy(user))
+    if recipe is not None and not isinstance(recipe, dict):
         data["recipe"] = str(recipe)
     section = dict(data.pop("finetune", None) or {})
     train_overrides = {}
@@ -193,7 +218,19 @@ def build_config(recipe: str | Path | dict | None = None, overrides: dict | None
             section[key.removeprefix("finetune.")] = value
         else:
             train_overrides[key] = value
+    if data.get("small_data", "auto") == "auto":
+        # FINETUNE_DEFAULTS' batch and lr are defaults too: only the user's recipe and flags count as set.
+        for key, value in train_overrides.items():
+            _set_path(user, key, value)
+        data["small_data"] = small_data_mode(user)
     return build_train_config(data, train_overrides), FinetuneOptions.from_dict(section)
+
+
+def _set_path(data: dict, dotted: str, value) -> None:
+    *parents, last = dotted.split(".")
+    for part in parents:
+        data = data.setdefault(part, {}) if isinstance(data.get(part, {}), dict) else {}
+    data[last] = value
 
 
 # --------------------------------------------------------------------------- helpers

@@ -104,8 +104,10 @@ def _batches(items: list, size: int) -> Iterator[list]:
 
 
 def predict_files(predictor, inputs: Iterable[str | os.PathLike], *, top_k: int = 5, batch_size: int = 64,
-                  on_error=None) -> list[FileResult]:
+                  on_error=None, tta: bool = False) -> list[FileResult]:
     """Top-k predictions for every image found in ``inputs``; unreadable ones get an ``error`` instead.
+
+    ``tta``: average the probabilities over the predictor's test-time augmentation views.
 
     ``on_error(result)`` is called for each failure as it happens (the CLI prints it to stderr).
     """
@@ -125,7 +127,8 @@ def predict_files(predictor, inputs: Iterable[str | os.PathLike], *, top_k: int 
             if error is None:
                 try:
                     data = _read(path)
-                    arrays.append(image_to_array(data, predictor.image_size, name=path, max_pixels=predictor.max_pixels))
+                    arrays.append(image_to_array(data, predictor.image_size, name=path, max_pixels=predictor.max_pixels,
+                                                  crop_pct=predictor.crop_pct))
                     ok.append(result)
                 except DataError as exc:
                     result.error = str(exc)
@@ -135,8 +138,10 @@ def predict_files(predictor, inputs: Iterable[str | os.PathLike], *, top_k: int 
                 on_error(result)
             results.append(result)
         if arrays:
-            logits = predictor.logits(torch.from_numpy(np.stack(arrays)), batch_size=batch_size)
-            for result, row in zip(ok, predictor.top_k(torch.softmax(logits, dim=1), top_k)):
+            images = torch.from_numpy(np.stack(arrays))
+            probs = (predictor.probabilities_tta(images, batch_size=batch_size) if tta
+                     else predictor.probabilities_from_logits(predictor.logits(images, batch_size=batch_size)))
+            for result, row in zip(ok, predictor.top_k(probs, top_k)):
                 result.top_k = row
     return results
 

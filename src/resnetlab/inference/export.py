@@ -5,6 +5,9 @@ output ``logits`` (batch, num_classes); the batch dimension is dynamic. The Mode
 class names, mean/std, input size) is stored as JSON in ``metadata_props`` (key ``resnetlab.meta``,
 plus readable single keys) and in a ``<file>.json`` sidecar. After writing, onnxruntime runs a random
 batch of a *different* size than the one traced and the max abs difference to PyTorch is checked.
+A calibrated model (``meta.temperature`` T != 1, ``resnetlab calibrate``) is exported with the logits
+divided by T inside the graph; its written metadata then says temperature 1.0 (``temperature_in_graph``
+records T), so softmax of the output is the calibrated probability in any runtime.
 
 Exporter: torch.export with the dynamo ONNX exporter (``torch.onnx.export(..., dynamo=True)``), the
 maintained path; the TorchScript-based ONNX exporter it replaces is deprecated. It needs opset 18 or
@@ -24,7 +27,7 @@ import json
 import logging
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -101,6 +104,28 @@ def _check_tolerance(diff: float, reference: torch.Tensor, atol: float, what: st
     return allowed
 
 
+class _Calibrated(nn.Module):
+    """``model(x) / T``: temperature scaling inside the exported graph, so any runtime's softmax is calibrated."""
+
+    def __init__(self, model: nn.Module, temperature: float):
+        super().__init__()
+        self.model = model
+        self.temperature = float(temperature)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x) / self.temperature
+
+
+def _calibrated(model: nn.Module) -> tuple[nn.Module, object, float]:
+    """(module to export, metadata to write, T): with T != 1 the graph divides the logits by T and the
+    written metadata says temperature 1.0, so a reader that applies the metadata's T does not apply it twice."""
+    meta = model.meta
+    temperature = float(getattr(meta, "temperature", 1.0) or 1.0)
+    if temperature == 1.0:
+        return model, meta, 1.0
+    return _Calibrated(model, temperature).eval(), replace(meta, temperature=1.0), temperature
+
+
 def _example(meta, batch: int, seed: int) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     return torch.randn((batch, *meta.input_size), generator=generator)  # (B, C, H, W), like normalized input
@@ -119,6 +144,9 @@ def onnx_metadata(meta, extra: dict | None = None) -> dict[str, str]:
     }
     if extra:
         props["resnetlab.extra"] = json.dumps(extra, default=str)
+        if extra.get("temperature_in_graph"):
+            props["temperature_in_graph"] = json.dumps(extra["temperature_in_graph"])
+            props["output_layout"] = "logits already divided by temperature_in_graph: softmax gives calibrated probabilities"
     return props
 
 
@@ -152,8 +180,9 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, opset: int = DEFAU
     import onnxruntime as ort
 
     path = Path(path)
-    model = model.cpu().eval()
-    meta = model.meta
+    model, meta, temperature = _calibrated(model.cpu().eval())
+    if temperature != 1.0:
+        extra = {**(extra or {}), "temperature_in_graph": temperature}
     example = _example(meta, 2, seed=0)
     try:
         data = _onnx_bytes(model, example, opset)
@@ -193,8 +222,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, opset: int = DEFAU
 def export_torchscript(model: nn.Module, path: str | os.PathLike, *, atol: float = DEFAULT_ATOL) -> ExportResult:
     """Write ``model`` traced with TorchScript, metadata in ``_extra_files``; parity checked on reload."""
     path = Path(path)
-    model = model.cpu().eval()
-    meta = model.meta
+    model, meta, _ = _calibrated(model.cpu().eval())
     example = _example(meta, 2, seed=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch 2.14 marks torch.jit as deprecated

@@ -125,6 +125,11 @@ class Predictor:
         return [str(i) for i in range(self.meta.num_classes)]
 
     @property
+    def crop_pct(self) -> float:
+        """The recorded evaluation crop (:func:`resnetlab.imaging.fit`); 1.0 for models saved before it existed."""
+        return float(getattr(self.meta, "crop_pct", 1.0) or 1.0)
+
+    @property
     def image_size(self) -> tuple[int, int]:
         """(H, W) every image is resized to."""
         _, height, width = self.meta.input_size
@@ -140,7 +145,8 @@ class Predictor:
         """Images in any accepted form -> uint8 (N, H, W, 3) at the model's input size."""
         items = split_batch(images)
         arrays = [
-            image_to_array(item, self.image_size, name=names[i] if names else None, max_pixels=self.max_pixels)
+            image_to_array(item, self.image_size, name=names[i] if names else None, max_pixels=self.max_pixels,
+                           crop_pct=self.crop_pct)
             for i, item in enumerate(items)
         ]
         if not arrays:
@@ -154,8 +160,8 @@ class Predictor:
             images = images.unsqueeze(0)
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"Predictor.logits expects uint8 (N, H, W, 3), got {images.dtype} {tuple(images.shape)}")
-        if tuple(images.shape[1:3]) != self.image_size:
-            images = fit_batch(images, self.image_size)
+        if tuple(images.shape[1:3]) != self.image_size:  # arrays at another size: the file path's geometry
+            images = fit_batch(images, self.image_size, self.crop_pct)
         outputs = []
         for start in range(0, images.shape[0], batch_size):
             x = normalize(images[start:start + batch_size], self.meta.mean, self.meta.std)  # (B, 3, H, W)
@@ -164,9 +170,43 @@ class Predictor:
             return torch.empty((0, self.meta.num_classes), dtype=torch.float32)
         return torch.cat(outputs)
 
+    @property
+    def temperature(self) -> float:
+        """T of temperature scaling (``resnetlab calibrate``): probabilities are softmax(logits / T); 1.0 uncalibrated.
+        An ONNX export divides inside its graph and records 1.0 here, so T is never applied twice."""
+        return float(getattr(self.meta, "temperature", 1.0) or 1.0)
+
+    def probabilities_from_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """softmax(logits / T): the one place predict, serve and batch prediction turn logits into probabilities."""
+        return torch.softmax(logits / self.temperature, dim=1)
+
+    def tta_views(self) -> list[tuple[str, Callable[[torch.Tensor], torch.Tensor]]]:
+        """(name, uint8 NHWC -> uint8 NHWC) views of test-time augmentation: evaluate --tta's own views
+        (flip x small shifts, resnetlab.evaluation.predictions.tta_views), so predict, serve and evaluate agree.
+
+        Hook for photos: a model whose metadata records ``crop_pct`` < 1 (resize then centre crop) could
+        add crops taken from the larger resized image here; until the photo path records it, these views
+        (whose shifts are crops of the reflected border) are the whole set.
+        """
+        from resnetlab.evaluation.predictions import tta_views
+
+        return tta_views(self.image_size)
+
+    def probabilities_tta(self, images_uint8_nhwc: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """Mean over :meth:`tta_views` of the (calibrated) probabilities, (N, num_classes), for uint8 (N, H, W, 3).
+
+        Probabilities are averaged, not logits: each view votes with a distribution (as evaluate --tta).
+        """
+        images = torch.as_tensor(images_uint8_nhwc)
+        if images.ndim == 4 and tuple(images.shape[1:3]) != self.image_size:
+            images = fit_batch(images, self.image_size)  # the views' shifts are sized for the model's input
+        views = self.tta_views()
+        total = sum(self.probabilities_from_logits(self.logits(view(images), batch_size=batch_size)) for _, view in views)
+        return total / len(views)
+
     def probabilities(self, images: Any, batch_size: int = 64) -> torch.Tensor:
-        """Softmax probabilities (N, num_classes) for images in any accepted form."""
-        return torch.softmax(self.logits(self.prepare(images), batch_size=batch_size), dim=1)
+        """Softmax probabilities (N, num_classes), calibrated by the model's temperature, for images in any accepted form."""
+        return self.probabilities_from_logits(self.logits(self.prepare(images), batch_size=batch_size))
 
     def predict(self, images: Any, top_k: int = 5, batch_size: int = 64) -> list[list[tuple[str, float]]]:
         """Top-k ``(class, probability)`` pairs, best first, one list per image (also for a single image)."""

@@ -4,6 +4,11 @@ A model is ``forward_head(forward_features(x))``: ``forward_features`` returns p
 (B, F) and ``forward_head`` maps them to logits with the classifier named by ``classifier_name``
 (the same attribute path the registry records as ``meta.classifier``). Fine-tuning swaps heads with
 ``reset_classifier``; feature extraction calls ``forward_features``.
+
+Models whose features are a global pool of a spatial map split once more:
+``forward_features(x) = flatten(global_pool(forward_feature_map(x)))`` with ``global_pool_name`` naming
+the pooling module. The class activation maps of :mod:`resnetlab.evaluation.explain` use that split, so a
+CAM is computed from the very tensor the logits are (no hooks, no second forward path to drift apart).
 """
 
 from __future__ import annotations
@@ -17,9 +22,14 @@ class ClassifierModel(nn.Module):
 
     classifier_name: str = "fc"
     num_features: int = 0
+    global_pool_name: str = "avgpool"  # used only by models that define forward_feature_map
+
+    def forward_feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The last spatial feature map (B, C, h, w), before global pooling (models that have one)."""
+        raise NotImplementedError(f"{type(self).__name__} has no spatial feature map before its head")
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        return torch.flatten(self.get_submodule(self.global_pool_name)(self.forward_feature_map(x)), 1)  # (B, C)
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         return self.get_classifier()(features)

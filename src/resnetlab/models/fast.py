@@ -50,6 +50,8 @@ class Residual(nn.Module):
 class ResNet9(ClassifierModel):
     """Page's DAWNBench ResNet-9 (6.5M parameters); ``head_scale`` multiplies the logits."""
 
+    global_pool_name = "pool"  # global max pooling: Grad-CAM explains it, CAM needs an average
+
     def __init__(self, num_classes: int = 10, head_scale: float = 0.125, in_chans: int = 3):
         super().__init__()
         self.prep = ConvBN(in_chans, 64)  # (B, 64, 32, 32)
@@ -62,9 +64,8 @@ class ResNet9(ClassifierModel):
         self.head_scale = head_scale
         init_conv_kaiming(self)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.layer3(self.layer2(self.layer1(self.prep(x))))
-        return torch.flatten(self.pool(x), 1)  # (B, 512)
+    def forward_feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer3(self.layer2(self.layer1(self.prep(x))))  # (B, 512, 4, 4); max-pooled by forward_features
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         return self.fc(features) * self.head_scale
@@ -117,6 +118,8 @@ class FastNet(ClassifierModel):
     - ``head_scale``: logits multiplier (1/9), keeps the initial softmax soft.
     """
 
+    global_pool_name = "pool"  # global max pooling: Grad-CAM explains it, CAM needs an average
+
     def __init__(
         self,
         num_classes: int = 10,
@@ -144,10 +147,9 @@ class FastNet(ClassifierModel):
                     with torch.no_grad():
                         nn.init.dirac_(conv.weight[: conv.in_channels])
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_feature_map(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act(self.whiten(x))
-        x = self.layer3(self.layer2(self.layer1(x)))
-        return torch.flatten(self.pool(x), 1)  # (B, 256)
+        return self.layer3(self.layer2(self.layer1(x)))  # (B, 256, 3, 3); max-pooled by forward_features
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         return self.fc(features) * self.head_scale

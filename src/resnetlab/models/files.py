@@ -61,6 +61,18 @@ def save_model_file(model: nn.Module, path: str | Path, extra: dict | None = Non
     return path
 
 
+def update_model_meta(path: str | Path, changes: dict) -> None:
+    """Change ``meta`` keys in a model file's JSON sidecar (e.g. a temperature fitted after the save); weights untouched."""
+    from resnetlab.models.metadata import validate_meta
+
+    path = resolve_model_path(path)
+    info = read_model_info(path)
+    meta = {**(info.get("meta") or {}), **changes}
+    validate_meta(meta, path.with_suffix(".json"))  # what a reader will check: never write what it refuses
+    info["meta"] = meta
+    atomic_write_text(path.with_suffix(".json"), json.dumps(info, indent=2))
+
+
 def update_model_extra(path: str | Path, extra: dict) -> None:
     """Merge ``extra`` into a model file's JSON sidecar (e.g. a test accuracy measured after the save)."""
     path = resolve_model_path(path)

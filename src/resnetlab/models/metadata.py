@@ -27,6 +27,10 @@ MAX_INPUT_SIDE = 4096
 # Smallest std: the one resnetlab.data.splits.channel_stats writes for a constant channel; below it
 # normalization divides by (nearly) zero and every probability becomes NaN.
 MIN_STD = 1e-6
+# Temperature bounds (the same the calibration fit searches in): outside them softmax(logits / T) is a
+# one-hot or a uniform distribution for any real logits, and 0 or a tiny T overflows to NaN.
+MIN_TEMPERATURE = 0.01
+MAX_TEMPERATURE = 100.0
 
 
 class _Bad(Exception):
@@ -98,10 +102,22 @@ def _check(data) -> ModelMeta:
     if interpolation != defaults.interpolation:  # the only resize resnetlab.imaging performs
         raise _Bad(f"interpolation must be {defaults.interpolation!r}, got {_short(interpolation)}")
 
+    crop_pct = data.get("crop_pct", defaults.crop_pct)
+    if not (_is_number(crop_pct) and 0.0 < crop_pct <= 1.0):  # 0 divides by zero; > 1 crops outside the picture
+        raise _Bad(f"crop_pct must be a number in (0, 1] (the centre crop's share of the resized image), got {_short(crop_pct)}")
+
+    temperature = data.get("temperature", defaults.temperature)
+    if temperature is None:  # written by hand as null: the same as absent (uncalibrated)
+        temperature = defaults.temperature
+    if not (_is_number(temperature) and math.isfinite(temperature) and MIN_TEMPERATURE <= temperature <= MAX_TEMPERATURE):
+        raise _Bad(f"temperature must be a finite number from {MIN_TEMPERATURE:g} to {MAX_TEMPERATURE:g} "
+                   f"(probabilities are softmax(logits / temperature)), got {_short(temperature)}")
+
     return ModelMeta(
         name=name, num_classes=num_classes, input_size=(3, height, width),
         mean=tuple(float(v) for v in mean), std=tuple(float(v) for v in std),
         classifier=classifier, options=dict(options), classes=list(classes) if classes is not None else None,
+        temperature=float(temperature), crop_pct=float(crop_pct),
     )
 
 

@@ -108,10 +108,9 @@ class PreActResNet(ClassifierModel):
         self.fc = nn.Linear(in_planes, num_classes)
         init_conv_kaiming(self)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_feature_map(self, x: torch.Tensor) -> torch.Tensor:
         x = self.layers(self.conv1(x))  # (B, C, H/8, W/8) for three stride-2 stages
-        x = self.relu(self.bn(x))
-        return torch.flatten(self.avgpool(x), 1)  # (B, C)
+        return self.relu(self.bn(x))  # pooled by forward_features
 
 
 @register_model("preact_resnet18", family="preact-resnet")

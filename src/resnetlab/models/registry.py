@@ -35,6 +35,11 @@ class ModelMeta:
     options: dict = field(default_factory=dict)  # the **options create_model was called with
     classes: list[str] | None = None  # filled in once the model is trained on named classes
     interpolation: str = INTERPOLATION  # how every path resizes images to input_size (resnetlab.imaging)
+    # Evaluation geometry (resnetlab.imaging.fit): shorter side to input_size / crop_pct, centre crop.
+    crop_pct: float = 1.0
+    # Probabilities are softmax(logits / temperature) (Guo et al. 2017 temperature scaling, fitted on
+    # the validation split by resnetlab.evaluation.calibration); 1.0 means uncalibrated.
+    temperature: float = 1.0
 
     def to_dict(self) -> dict:
         data = asdict(self)

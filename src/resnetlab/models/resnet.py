@@ -68,10 +68,9 @@ class ResNet(ClassifierModel):
         layers += [block(self.in_planes, planes) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_feature_map(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (B, 64, H/4, W/4); H with cifar_stem
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))  # (B, 512*e, H/32, W/32)
-        return torch.flatten(self.avgpool(x), 1)  # (B, 512*e)
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))  # (B, 512*e, H/32, W/32); pooled by forward_features
 
 
 def _register(depth: int) -> None:

@@ -80,10 +80,9 @@ class CifarResNet(ClassifierModel):
         if zero_init_residual:
             zero_init_last_bn(self)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_feature_map(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(self.bn1(self.conv1(x)))
-        x = self.layer3(self.layer2(self.layer1(x)))
-        return torch.flatten(self.avgpool(x), 1)  # (B, 64)
+        return self.layer3(self.layer2(self.layer1(x)))  # (B, 64, H/4, W/4); forward_features pools it
 
 
 def _register(depth: int) -> None:

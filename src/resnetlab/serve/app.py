@@ -1,7 +1,8 @@
 """The web app over a :class:`~resnetlab.inference.Predictor`.
 
 Routes: ``GET /`` (the drop-an-image page, static files in ``serve/static``), ``POST /predict``
-(multipart, one or several files -> top-k JSON), ``GET /health``, ``GET /report`` (the model's
+(multipart, one or several files -> top-k JSON; ``?heatmap=1`` adds each image's CAM/Grad-CAM overlay as a
+PNG data URI), ``GET /health``, ``GET /report`` (the model's
 evaluation report, when one exists, and only the files that report links to).
 
 Bad input never becomes a 500: the body is read with a byte cap (413), non-multipart bodies are
@@ -234,8 +235,8 @@ def report_assets(report_dir: Path) -> dict[str, Path]:
 
 def create_app(predictor, *, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, max_files: int = DEFAULT_MAX_FILES,
                top_k: int = 5, report_dir: str | Path | None = None, allowed_hosts: Iterable[str] | None = None,
-               decode_wait_s: float = DEFAULT_DECODE_WAIT_S) -> FastAPI:
-    """Build the app. ``report_dir`` is the folder holding ``report.html`` (e.g. ``RUN/eval``); only that
+               decode_wait_s: float = DEFAULT_DECODE_WAIT_S, tta: bool = False) -> FastAPI:
+    """Build the app. ``tta``: test-time augmentation unless a request says ``?tta=0`` (``?tta=1`` turns it on). ``report_dir`` is the folder holding ``report.html`` (e.g. ``RUN/eval``); only that
     page and the files it links to are served. ``allowed_hosts``: names accepted in the ``Host`` header
     besides IP addresses (None: no check, for loopback binds)."""
     check_limits(max_upload_mb=max_upload_mb, max_files=max_files, top_k=top_k, decode_wait_s=decode_wait_s)
@@ -258,7 +259,8 @@ def create_app(predictor, *, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, max_f
             image.close()
             raise
         try:
-            return await run_in_threadpool(decode_to_array, image, predictor.image_size, name=name)
+            return await run_in_threadpool(decode_to_array, image, predictor.image_size, name=name,
+                                           crop_pct=predictor.crop_pct)
         finally:
             DECODE_BUDGET.release(amount)
 
@@ -293,7 +295,7 @@ def create_app(predictor, *, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, max_f
         }
 
     @app.post("/predict")
-    async def predict(request: Request, top_k: int = top_k):
+    async def predict(request: Request, top_k: int = top_k, heatmap: bool = False, tta: bool = tta):
         if top_k < 1:
             return _error(400, "top_k must be at least 1")
         content_type = request.headers.get("content-type", "")
@@ -331,16 +333,16 @@ def create_app(predictor, *, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, max_f
         batch = torch.from_numpy(np.stack(arrays))  # (N, H, W, 3) uint8
 
         def infer():
-            return predictor.top_k(torch.softmax(predictor.logits(batch), dim=1), top_k)
+            probs = predictor.probabilities_tta(batch) if tta else predictor.probabilities_from_logits(predictor.logits(batch))
+            return predictor.top_k(probs, top_k)
 
         rows = await run_in_threadpool(infer)
-        return {
-            "model": predictor.meta.name,
-            "predictions": [
-                {"filename": name, "top_k": [{"class": c, "probability": p} for c, p in row]}
-                for name, row in zip(names, rows)
-            ],
-        }
+        predictions = [{"filename": name, "top_k": [{"class": c, "probability": p} for c, p in row]}
+                       for name, row in zip(names, rows)]
+        if heatmap:  # ?heatmap=1: the images are already decoded at the model's size, so this is one more pass
+            for entry, uri in zip(predictions, await run_in_threadpool(heatmap_uris, predictor, batch)):
+                entry["heatmap"] = uri
+        return {"model": predictor.meta.name, "tta": bool(tta), "predictions": predictions}
 
     @app.get("/report", response_class=HTMLResponse)
     async def report():
@@ -362,6 +364,20 @@ def create_app(predictor, *, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, max_f
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
+
+
+def heatmap_uris(predictor, batch: torch.Tensor) -> list[str | None]:
+    """PNG data URIs of the predicted class's heatmap over each uint8 (N, H, W, 3) image (CAM where exact,
+    else Grad-CAM); ``None`` each for an ONNX model, which has no gradients or feature maps to explain."""
+    import base64
+
+    from resnetlab.evaluation.explain import DISPLAY_SIDE, explain_batch, overlay, png
+
+    if predictor.backend != "torch":
+        return [None] * len(batch)
+    result = explain_batch(predictor.model, batch, device=predictor.device)
+    return ["data:image/png;base64," + base64.b64encode(png(overlay(image.numpy(), heat, min_side=DISPLAY_SIDE))).decode()
+            for image, heat in zip(batch, result.heatmaps)]
 
 
 _NO_REPORT_PAGE = """<!doctype html>

@@ -71,14 +71,14 @@ def allowed_host_names(host: str, extra: list[str] | None = None) -> list[str] |
 
 
 def build_app_for(model_path: str | os.PathLike, *, device: str = "cpu", max_upload_mb: float = 10.0, top_k: int = 5,
-                  allowed_hosts: list[str] | None = None):
+                  allowed_hosts: list[str] | None = None, tta: bool = False):
     """Load the model at ``model_path`` and build the app around it (what ``serve`` runs)."""
     from resnetlab.inference.predictor import Predictor
     from resnetlab.serve.app import create_app
 
     predictor = Predictor.load(model_path, device=device)
     return create_app(predictor, max_upload_mb=max_upload_mb, top_k=top_k, report_dir=find_report_dir(model_path),
-                      allowed_hosts=allowed_hosts)
+                      allowed_hosts=allowed_hosts, tta=tta)
 
 
 def _return_decode_memory() -> None:
@@ -98,7 +98,7 @@ def _return_decode_memory() -> None:
 
 def serve(model_path: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 8000, device: str = "cpu",
           max_upload_mb: float = 10.0, top_k: int = 5, allowed_hosts: list[str] | None = None,
-          decode_budget_mb: float | None = None) -> None:
+          decode_budget_mb: float | None = None, tta: bool = False) -> None:
     """Serve ``model_path`` until interrupted. ``allowed_hosts``: extra ``Host`` names for non-loopback binds;
     ``decode_budget_mb``: decoded pixels held at once (default ``preprocess.DECODE_BUDGET_MB``)."""
     import uvicorn
@@ -114,7 +114,7 @@ def serve(model_path: str | os.PathLike, *, host: str = "127.0.0.1", port: int =
     if decode_budget_mb is not None:
         DECODE_BUDGET.set_capacity(int(decode_budget_mb * 2**20))
     _return_decode_memory()
-    app = build_app_for(model_path, device=device, max_upload_mb=max_upload_mb, top_k=top_k, allowed_hosts=host_names)
+    app = build_app_for(model_path, device=device, max_upload_mb=max_upload_mb, top_k=top_k, allowed_hosts=host_names, tta=tta)
     if not is_loopback(host):
         log.warning("serving on %s: anyone who can reach this address can use the model", host)
         if host_names is not None:

@@ -72,6 +72,17 @@ function drawBars(card, topK) {
   card.classList.add("done");
 }
 
+function showHeatmap(card, prediction) {
+  if (!prediction.heatmap) return;  // an ONNX model has no heatmap
+  const holder = card.querySelector(".heatmap-thumb");
+  const img = holder.querySelector("img");
+  img.src = prediction.heatmap;
+  img.alt = `heatmap: where the model saw ${prediction.top_k[0].class}`;
+  img.title = img.alt;
+  holder.hidden = false;
+  card.classList.add("with-heatmap");
+}
+
 async function classify(files) {
   showError("");
   const images = Array.from(files).slice(0, limits.max_files || 16);
@@ -86,10 +97,12 @@ async function classify(files) {
     const form = new FormData();
     form.append("file", file, file.name);
     try {
-      const response = await fetch("/predict", { method: "POST", body: form });
+      // heatmap=1: the server adds where the model looked (CAM/Grad-CAM overlay) as a data: URI.
+      const response = await fetch("/predict?heatmap=1", { method: "POST", body: form });
       const payload = await response.json().catch(() => ({ detail: response.statusText }));
       if (!response.ok) throw new Error(payload.detail || `HTTP ${response.status}`);
       drawBars(card, payload.predictions[0].top_k);
+      showHeatmap(card, payload.predictions[0]);
     } catch (err) {
       card.classList.add("failed");
       card.querySelector(".status").textContent = err.message;
