@@ -69,6 +69,17 @@ class _Capture:
         return rows
 
 
+def _predict_and_serve_inputs(predictor, names: list[str], capture) -> tuple[list, list]:
+    """The tensors the network received from ``predict`` on the files, then from ``serve`` on their uploads."""
+    predictor.probabilities(names)
+    predict = capture.take()
+    client = TestClient(create_app(predictor, report_dir=None))
+    for name in names:
+        with open(name, "rb") as f:
+            assert client.post("/predict", files={"file": (name.rsplit("/", 1)[-1], f.read())}).status_code == 200
+    return predict, capture.take()
+
+
 @pytest.mark.slow  # 2.5-9 s on 2 shared cores: a real ONNX export with its parity check
 def test_every_path_feeds_identical_tensors(awkward_folder, model, tmp_path):
     data = load_image_folder(awkward_folder, image_size=32, data_dir=tmp_path / "cache")["train"]
@@ -84,14 +95,7 @@ def test_every_path_feeds_identical_tensors(awkward_folder, model, tmp_path):
         evaluate = capture.take()
 
         predictor = Predictor.from_model(model)
-        predictor.probabilities(names)
-        predict = capture.take()
-
-        client = TestClient(create_app(predictor, report_dir=None))
-        for name in names:
-            with open(name, "rb") as f:
-                assert client.post("/predict", files={"file": (name.rsplit("/", 1)[-1], f.read())}).status_code == 200
-        serve = capture.take()
+        predict, serve = _predict_and_serve_inputs(predictor, names, capture)
     finally:
         capture.handle.remove()
 
@@ -183,14 +187,7 @@ def test_photo_crop_pct_feeds_identical_tensors(awkward_folder, tmp_path):
         train = list(x)
         collect_outputs(net, for_model(data, net.meta).images, batch_size=len(names))
         evaluate = capture.take()
-        predictor = Predictor.from_model(net)
-        predictor.probabilities(names)
-        predict = capture.take()
-        client = TestClient(create_app(predictor, report_dir=None))
-        for name in names:
-            with open(name, "rb") as f:
-                assert client.post("/predict", files={"file": (name.rsplit("/", 1)[-1], f.read())}).status_code == 200
-        serve = capture.take()
+        predict, serve = _predict_and_serve_inputs(Predictor.from_model(net), names, capture)
     finally:
         capture.handle.remove()
     # The crop is really tighter than crop_pct 1.0's on the non-square files.
