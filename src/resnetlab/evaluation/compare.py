@@ -289,7 +289,8 @@ def error_curves_png(runs: list[Run]) -> bytes:
                     ax.plot(epochs, 100 * (1 - values), ls=style, color=color, lw=1.6, label=f"{run.name} {suffix}")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set(title="Error: training (solid) and validation (dashed)", xlabel="epoch", ylabel="error (%)")
-        ax.legend(fontsize=8, ncols=2)
+        if ax.get_legend_handles_labels()[0]:  # runs without per-epoch metrics (imported models) draw no curve
+            ax.legend(fontsize=8, ncols=2)
         return png_bytes(fig, dpi=120)
 
 
