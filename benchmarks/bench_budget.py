@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -40,6 +41,18 @@ def run_one(recipe: str, data: str, budget: str, seed: int, run_dir: Path) -> di
     return {"budget": budget, "budget_s": seconds, "seed": seed, "plan": chosen["plan"], "predicted_s": chosen["predicted_s"],
             "wall_s": round(wall, 1), "wall_over_budget": round(wall / seconds, 3), "accuracy": summary.get("test_acc"),
             "split": summary.get("test_split"), "stopped_early": summary.get("stopped_early"), "peak_rss_mb": summary.get("peak_rss_mb")}
+
+
+def cpu_description() -> str:
+    """``lscpu``'s model name and the flags that decide the plan table (bf16 or fp32 CPU)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.machine()
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    shown = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    return f"{model}, {len(os.sched_getaffinity(0))} cores, {' '.join(shown)}"
 
 
 def plot(rows: list[dict], per_budget: dict) -> bytes:
@@ -70,22 +83,27 @@ def main() -> int:
     parser.add_argument("--budgets", default="5m,10m,25m")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--out", required=True)
+    parser.add_argument("--merge", help="an earlier budget.json from this machine: its runs join this run's table and plot")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows, budgets = [], args.budgets.split(",")
+    if args.merge:  # budgets measured in an earlier session on the same kind of machine
+        earlier = json.loads(Path(args.merge).read_text())
+        rows = [r for r in earlier["rows"] if r["budget"] not in budgets]
+        budgets = sorted({r["budget"] for r in rows} | set(budgets), key=parse_duration)
     for budget in args.budgets.split(","):
         for seed in (int(s) for s in args.seeds.split(",")):
             row = run_one(args.recipe, args.data, budget, seed, out / f"run-{budget}-seed{seed}")
             print(json.dumps(row), flush=True)
             rows.append(row)
     per_budget = {}
-    for budget in args.budgets.split(","):
+    for budget in budgets:
         accs = [r["accuracy"] for r in rows if r["budget"] == budget and r.get("accuracy") is not None]
         walls = [r["wall_over_budget"] for r in rows if r["budget"] == budget and "wall_over_budget" in r]
         if accs:
             per_budget[budget] = {**t_interval(accs), "max_wall_over_budget": max(walls)}
-    result = {"machine": platform.processor() or platform.machine(), "recipe": args.recipe, "rows": rows, "per_budget": per_budget}
+    result = {"machine": cpu_description(), "recipe": args.recipe, "rows": rows, "per_budget": per_budget}
     (out / "budget.json").write_text(json.dumps(result, indent=2) + "\n")
     if per_budget:
         (out / "budget.png").write_bytes(plot(rows, per_budget))

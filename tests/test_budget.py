@@ -13,7 +13,8 @@ import yaml
 from helpers import make_image_folder, tiny_splits
 from resnetlab.budget import BudgetError, parse_duration, plan_run
 from resnetlab.budget.planner import choose, predict_plans
-from resnetlab.budget.plans import apply_plan, candidates, hardware_class
+from resnetlab.budget.plans import apply_plan, candidates, hardware_class, plan_source
+from resnetlab.budget.tables import RESNET20_EPOCHS
 from resnetlab.config import build_config
 from resnetlab.engine import TrainHooks, train
 from resnetlab.engine.precision import resolve_precision
@@ -42,7 +43,7 @@ def test_hardware_class():
 
 
 def test_ladder_is_the_recipe_shortened_and_ends_with_the_recipe_itself():
-    config = build_config("recipes/resnet20-he2016.yaml")  # 64,000 steps of 128 = 182.3 epochs of 45,000 images
+    config = build_config("recipes/resnet32-he2016.yaml")  # 64,000 steps of 128 = 182.3 epochs of 45,000 images
     plans = candidates(config, "fp32_cpu", n_train=45000)
     epochs = [p.overrides["epochs"] for p in plans[:-1]]
     assert epochs == sorted(epochs) and epochs[0] == 1 and epochs[-1] < 182.4
@@ -52,7 +53,7 @@ def test_ladder_is_the_recipe_shortened_and_ends_with_the_recipe_itself():
 
 
 def test_plan_fits_the_schedule_to_its_length():
-    config = build_config("recipes/resnet20-he2016.yaml")
+    config = build_config("recipes/resnet32-he2016.yaml")  # the paper's schedule, no plan table
     six = apply_plan(config, next(p for p in candidates(config, "fp32_cpu", 45000) if p.overrides.get("epochs") == 6), 45000)
     steps = 6 * (45000 // 128)
     assert six.max_steps is None and six.epochs == 6
@@ -80,7 +81,9 @@ def test_bad_plan_tables_are_refused(plans, fragment):
 
 
 def _tiny_config(**overrides):
-    return build_config(None, {"model.name": "resnet20", "batch_size": 16, "epochs": 12, "eval_report": False, **overrides})
+    # plain20 (ResNet-20 without shortcuts, the same cost) has no built-in plan table: these tests
+    # exercise the epoch ladder; the ResNet-20 table has tests of its own below.
+    return build_config(None, {"model.name": "plain20", "batch_size": 16, "epochs": 12, "eval_report": False, **overrides})
 
 
 def _predict(config):
@@ -157,6 +160,7 @@ def test_budgeted_cli_run_ends_within_its_budget(tmp_path):
     assert wall <= budget_s, f"the run took {wall:.1f} s of a {budget_s} s budget"
     recorded = yaml.safe_load((run_dir / "config.yaml").read_text())["budget"]
     assert recorded["seconds"] == budget_s and recorded["chosen"]["plan"] in done.stdout
+    assert "plans from the built-in resnet20 table" in done.stdout  # --model resnet20 without a recipe
     assert recorded["chosen"]["probe"]["step_s"]  # the probe's figures are kept with the run
     assert (run_dir / "model.safetensors").exists()
 
@@ -166,3 +170,57 @@ def test_budget_refuses_epochs_and_resume(tmp_path):
         done = subprocess.run([sys.executable, "-m", "resnetlab", "train", "--budget", "5m", *extra],
                               capture_output=True, text=True, timeout=60)
         assert done.returncode != 0 and "--budget" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_resnet20_without_a_recipe_plans_past_the_default_length_and_anneals_each_plan():
+    """The issue's `--model resnet20 --budget 20m`: the defaults' 10 epochs no longer cap the plans."""
+    config = build_config(None, {"model.name": "resnet20"})
+    assert config.epochs == 10 and config.schedule.milestones == []  # the defaults: 10 epochs, constant lr
+    for hardware in ("fp32_cpu", "bf16_cpu", "gpu"):
+        plans = candidates(config, hardware, n_train=45000)
+        assert [p.overrides["epochs"] for p in plans] == list(RESNET20_EPOCHS) and max(RESNET20_EPOCHS) > 10
+        assert "built-in resnet20 table" in plan_source(config, hardware)
+    fifteen = apply_plan(config, next(p for p in plans if p.overrides["epochs"] == 15), 45000)
+    # The paper's crop, flip, batch and lr; a cosine that reaches its floor at the run's own end.
+    assert fifteen.epochs == 15 and fifteen.max_steps is None
+    assert (fifteen.schedule.name, fifteen.schedule.min_lr, fifteen.schedule.warmup) == ("cosine", 0.0, 0)
+    assert (fifteen.augment.crop_padding, fifteen.augment.pad_mode, fifteen.augment.flip) == (4, "zeros", True)
+    assert (fifteen.batch_size, fifteen.optim.lr, fifteen.optim.momentum, fifteen.optim.weight_decay) == (128, 0.1, 0.9, 1e-4)
+
+
+def test_the_builtin_table_is_only_for_runs_from_scratch_without_a_recipe():
+    own = build_config("recipes/resnet20-he2016.yaml")
+    assert "recipes/resnet20-he2016.yaml's budget.plans.fp32_cpu table" == plan_source(own, "fp32_cpu")
+    other = build_config("recipes/resnet32-he2016.yaml")  # a recipe without a table: its own schedule, shortened
+    assert plan_source(other, "fp32_cpu") == "recipes/resnet32-he2016.yaml shortened to fewer epochs"
+    scratch = build_config(None, {"model.name": "resnet20"})
+    assert plan_source(scratch, "fp32_cpu", from_scratch=False) == "the built-in defaults shortened to fewer epochs"
+    assert max(p.overrides.get("epochs", 10) for p in candidates(scratch, "fp32_cpu", 45000, from_scratch=False)) == 10
+    assert plan_source(build_config(None, {"model.name": "plain20"}), "gpu") == "the built-in defaults shortened to fewer epochs"
+
+
+def test_the_resnet20_recipe_table_tries_the_builtin_plans():
+    recipe = build_config("recipes/resnet20-he2016.yaml")
+    builtin = build_config(None, {"model.name": "resnet20"})
+    for hardware in ("fp32_cpu", "bf16_cpu", "gpu"):
+        mine = [apply_plan(recipe, p, 45000) for p in candidates(recipe, hardware, 45000)]
+        theirs = [apply_plan(builtin, p, 45000) for p in candidates(builtin, hardware, 45000)]
+        # The same runs, whichever way the user asked for them.
+        assert [_what_trains(c) for c in mine] == [_what_trains(c) for c in theirs]
+
+
+def _what_trains(c):
+    return c.epochs, c.max_steps, c.schedule.name, c.schedule.min_lr, c.augment, c.optim, c.batch_size
+
+
+def test_resnet20_budget_run_plans_past_the_defaults_with_a_real_probe():
+    config = build_config(None, {"model.name": "resnet20", "batch_size": 16, "eval_report": False})
+    chosen, record = plan_run(config, 3600, splits=tiny_splits(64, 16), device=CPU, precision=resolve_precision("fp32", CPU),
+                              started_at=time.perf_counter())
+    assert record["plans_from"] == "the built-in resnet20 table (resnetlab/budget/tables.py)"
+    times = [c["predicted_s"] for c in record["candidates"]]
+    assert len(times) == len(RESNET20_EPOCHS) and times == sorted(times)
+    # An hour fits more than the defaults' 10 epochs of 64 images: the longest plan that fits is trained.
+    fitting = [e for e, c in zip(RESNET20_EPOCHS, record["candidates"]) if c["fits"]]
+    assert chosen.epochs == max(fitting) > 10 and record["plan"] == f"{chosen.epochs} epochs"
+    assert chosen.schedule.name == "cosine" and chosen.augment.flip

@@ -7,6 +7,8 @@ pre-hook on the torch model; the input handed to onnxruntime for the ONNX predic
 from __future__ import annotations
 
 import io
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -196,3 +198,123 @@ def test_photo_crop_pct_feeds_identical_tensors(awkward_folder, tmp_path):
         assert len(expected) == len(names), path
         for name, a, b in zip(names, train, expected):
             assert torch.equal(a, b), f"{path} differs from validation on {name}"
+
+
+# ---------------------------------------------------------------------- TTA of a photo model (issue 23, item 4)
+def _ten_crops_by_hand(path, side: int, crop_pct: float) -> list[np.ndarray]:
+    """The photo TTA views written from their description with PIL alone: resize the shorter side to
+    side / crop_pct (bicubic), take the evaluation crop (side x side, offset floor((new - side) / 2)) and
+    the four corners of the (side / crop_pct)-square centred on it; each as is, then mirrored."""
+    image = Image.open(path).convert("RGB")
+    width, height = image.size
+    scale = (side / crop_pct) / min(width, height)
+    new_w, new_h = round(width * scale), round(height * scale)
+    resized = image.resize((new_w, new_h), Image.Resampling.BICUBIC)
+    square = round(side / crop_pct)
+    left0, top0 = (new_w - side) // 2, (new_h - side) // 2  # the plain evaluation crop
+    left, top = left0 - (square - side) // 2, top0 - (square - side) // 2  # the square around it
+    far = square - side
+    corners = [(left0, top0), (left, top), (left + far, top), (left, top + far), (left + far, top + far)]
+    crops = [np.asarray(resized.crop((x, y, x + side, y + side))) for x, y in corners]
+    return crops + [c[:, ::-1] for c in crops]
+
+
+def _softmax_by_hand(net, views: list[np.ndarray]) -> torch.Tensor:
+    """Mean softmax of ``net`` over uint8 (H, W, 3) views, normalized by hand with the model's mean/std."""
+    x = torch.from_numpy(np.stack(views).astype(np.float32) / 255.0).permute(0, 3, 1, 2)
+    x = (x - torch.tensor(net.meta.mean).view(1, 3, 1, 1)) / torch.tensor(net.meta.std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        return net(x).softmax(1).mean(0)
+
+
+def _photo_net(classes: list[str]):
+    """A random photo model: crop_pct 0.875 recorded, as the photo path writes it."""
+    torch.manual_seed(0)
+    net = create_model("cnn_baseline", num_classes=len(classes)).eval()
+    net.meta.classes, net.meta.crop_pct = list(classes), 0.875
+    return net
+
+
+def test_photo_tta_is_flipped_centre_and_corner_crops_in_predict_and_serve(tmp_path):
+    """predict --tta on raw photos of other sizes and aspects equals the mean softmax over the ten crops
+    cut by hand with PIL, and serve feeds the network the very same ten tensors."""
+    from resnetlab.inference.batch import predict_files, results_to_json
+
+    photo_net = _photo_net(["a", "b", "c"])
+    names = []
+    for i, (w, h) in enumerate([(90, 61), (47, 83)]):  # landscape and portrait, neither a multiple of 32
+        names.append(str(tmp_path / f"photo{i}.png"))
+        _photo(w, h, 10 + i).save(names[-1])
+    predictor = Predictor.from_model(photo_net)
+    assert predictor.tta_input_size == (37, 37)  # round(32 / 0.875)
+    capture = _Capture(photo_net)
+    try:
+        results = predict_files(predictor, names, top_k=3, tta=True)
+        predict = capture.take()
+        client = TestClient(create_app(predictor, report_dir=None))
+        # One request with both files, as predict batches them (the capture is in view-major order).
+        uploads = [("file", (f"p{i}.png", Path(name).read_bytes())) for i, name in enumerate(names)]
+        answer = client.post("/predict", params={"tta": 1, "top_k": 3}, files=uploads)
+        serve = capture.take()
+    finally:
+        capture.handle.remove()
+
+    views = ["centre", "top-left", "top-right", "bottom-left", "bottom-right"]
+    assert predictor.tta_view_names == views + [f"flip+{v}" for v in views]
+    assert json.loads(results_to_json(results, predictor, tta=True))["tta_views"] == predictor.tta_view_names
+    assert len(predict) == len(serve) == 10 * len(names)  # ten passes per image
+    assert all(torch.equal(a, b) for a, b in zip(predict, serve))
+    assert answer.status_code == 200 and answer.json()["tta_views"] == predictor.tta_view_names
+    for name, result, served in zip(names, results, answer.json()["predictions"]):
+        expected = _softmax_by_hand(photo_net, _ten_crops_by_hand(name, 32, 0.875))
+        got = dict(result.top_k)
+        torch.testing.assert_close(torch.tensor([got[c] for c in "abc"]), expected, atol=1e-5, rtol=1e-4)
+        assert {e["class"]: e["probability"] for e in served["top_k"]} == got  # identical
+    # Without TTA the one view is the centre crop: it is what plain predict feeds.
+    plain = predictor.probabilities(names[0])[0]
+    torch.testing.assert_close(plain, _softmax_by_hand(photo_net, _ten_crops_by_hand(names[0], 32, 0.875)[:1]))
+
+
+def test_evaluate_tta_of_a_photo_model_uses_the_same_views(awkward_folder, tmp_path):
+    """evaluate --tta on an image folder averages the same ten crops as predict --tta, file by file."""
+    from resnetlab.data.photo import for_model
+    from resnetlab.evaluation.predictions import tta_canvases
+    from resnetlab.inference.batch import predict_files
+
+    photo_net = _photo_net(["cat", "dog"])
+    data = load_image_folder(awkward_folder, image_size=32, data_dir=tmp_path / "cache")["train"]
+    outputs = collect_outputs(photo_net, for_model(data, photo_net.meta).images, tta=True,
+                              tta_images=tta_canvases(data, photo_net))
+    assert outputs.tta_views == Predictor.from_model(photo_net).tta_view_names and len(outputs.tta_views) == 10
+    results = predict_files(Predictor.from_model(photo_net), [str(awkward_folder / p) for p in data.paths], top_k=2, tta=True)
+    for row, result in zip(outputs.probs_tta, results):
+        got = dict(result.top_k)
+        torch.testing.assert_close(torch.tensor([got[c] for c in photo_net.meta.classes]), row, atol=1e-6, rtol=1e-5)
+    # The crops see more than the centre: TTA changes the answer.
+    assert not torch.allclose(outputs.probs_tta, outputs.probs, atol=1e-4)
+    # evaluate_model (evaluate --tta) decodes the canvases itself and reports those views.
+    from resnetlab.evaluation.evaluate import evaluate_model
+
+    metrics = evaluate_model(photo_net, for_model(data, photo_net.meta), tmp_path / "eval", tta=True)
+    assert metrics["tta"]["views"] == outputs.tta_views
+    labels = data.labels
+    assert metrics["tta"]["accuracy_with"] == pytest.approx(float((outputs.probs_tta.argmax(1) == labels).float().mean()))
+
+
+@pytest.mark.parametrize("crop_pct", [1.0, 0.875, 0.9])
+def test_tta_canvas_centre_is_the_evaluation_crop(crop_pct):
+    """The canvas the photo views crop is cut from the very resize of the plain input, placed so that its
+    centre crop is that input pixel for pixel (odd margins and non-square sizes included); at crop_pct 1.0
+    the canvas is the input itself, so CIFAR models' views see what they always saw."""
+    rng = np.random.default_rng(0)
+    for (w, h), size in [((90, 61), (32, 32)), ((47, 83), (32, 32)), ((300, 200), (24, 40)), ((33, 31), (32, 32))]:
+        picture = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        keep = imaging.tta_canvas_size(size, crop_pct)
+        assert keep == (size if crop_pct == 1.0 else tuple(round(s / crop_pct) for s in size))
+        top, left = (keep[0] - size[0]) // 2, (keep[1] - size[1]) // 2
+        canvas = np.asarray(imaging.fit(picture, size, crop_pct, keep=keep))
+        assert canvas.shape[:2] == keep
+        assert np.array_equal(canvas[top:top + size[0], left:left + size[1]], np.asarray(imaging.fit(picture, size, crop_pct)))
+        batch = torch.from_numpy(np.array(picture))[None]  # the in-memory twin, fit_batch
+        canvas = imaging.fit_batch(batch, size, crop_pct, keep=keep)
+        assert torch.equal(canvas[:, top:top + size[0], left:left + size[1]], imaging.fit_batch(batch, size, crop_pct))

@@ -142,9 +142,11 @@ def test_photo_flow_finetune_evaluate_predict_serve(tmp_path, serve_process, cap
     _resnetlab(capsys, "predict", run, *photos, "--tta", "--output", tmp_path / "tta.json", "--quiet")
     plain, tta = (json.loads((tmp_path / f"{n}.json").read_text())["predictions"] for n in ("plain", "tta"))
     assert len(plain) == len(tta) == len(PHOTO_NAMES) and all("top_k" in row for row in plain + tta)
-    # The same run, loaded here: predict --tta gives the mean over the views of the resized photos.
+    # The same run, loaded here: predict --tta gives the mean over the views of the resized photos
+    # (prepared at the TTA canvas: a crop_pct < 1 model's corner crops need the border around the crop).
     predictor = Predictor.load(run)
-    images = predictor.prepare([str(p) for p in photos])
+    assert json.loads((tmp_path / "tta.json").read_text())["tta_views"] == predictor.tta_view_names
+    images = predictor.prepare([str(p) for p in photos], tta=True)
     expected = predictor.probabilities_tta(images)
     for row, probs in zip(tta, expected):
         assert row["top_k"][0]["probability"] == pytest.approx(float(probs.max()), abs=1e-4)

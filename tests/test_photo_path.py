@@ -192,7 +192,7 @@ def test_cli_trains_in_stream_mode_end_to_end(folder, tmp_path):
          "--random-erasing", "0.25", "--run-dir", str(tmp_path / "run"), "--set", "eval_report=false"],
         capture_output=True, text=True, env=env, timeout=300, start_new_session=True)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert "data: stream mode" in proc.stdout
+    assert "data: photo path, stream mode" in proc.stdout
     meta = json.loads((tmp_path / "run" / "model.json").read_text())
     meta = meta.get("meta", meta)
     assert meta["crop_pct"] == 0.875
@@ -239,3 +239,45 @@ def test_eval_imageset_equals_the_predict_path(folder):
     refit = eval_imageset(base, 24, 0.875)
     for row, p in zip(refit.images, paths):
         assert torch.equal(row, torch.from_numpy(image_to_array(str(p), (24, 24), crop_pct=0.875)))
+
+
+def test_auto_takes_the_photo_path_for_photos_and_keeps_fixed_size_arrays_for_a_cifar_like_folder(folder, tmp_path):
+    from resnetlab.data.photo import folder_holds_photos, photo_path_wanted
+
+    same = tmp_path / "same"
+    for name in ("a", "b"):
+        (same / name).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (32, 32), (40 * i, 0, 0)).save(same / name / f"{i}.png")
+    assert folder_holds_photos(str(folder), 16)  # 40-90 px of varied aspect
+    assert not folder_holds_photos(str(same), 32)  # one size, the train size: a CIFAR export
+    assert folder_holds_photos(str(same), 16)  # one size, but twice the train size: crop from the picture
+    assert not folder_holds_photos(str(tmp_path / "missing"), 16)
+    assert not folder_holds_photos("cifar10", 32)
+
+    class Data:
+        spec, image_size = str(same), 32
+
+    assert not photo_path_wanted("auto", AugmentConfig(), Data)
+    assert photo_path_wanted("memory", AugmentConfig(), Data)  # the flag always wins
+
+
+def test_cli_auto_trains_a_photo_folder_on_the_photo_path(folder, tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "resnetlab", "train", "--model", "resnet20", "--data", str(folder), "--image-size", "16",
+         "--max-steps", "2", "--batch-size", "4", "--device", "cpu", "--run-dir", str(tmp_path / "run"),
+         "--set", "eval_report=false"],
+        capture_output=True, text=True, env=env, timeout=300, start_new_session=True)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "data: photo path, memory mode" in proc.stdout and "chosen for photos" in proc.stdout
+    meta = json.loads((tmp_path / "run" / "model.json").read_text())
+    assert meta.get("meta", meta)["crop_pct"] == 0.875
+
+
+def test_evaluation_batch_is_capped_by_pixels_for_large_images():
+    from resnetlab.engine.trainer import eval_batch_for
+
+    assert eval_batch_for(512, (32, 32)) == 512  # CIFAR keeps its configured batch
+    assert eval_batch_for(512, (160, 160)) == 64 and eval_batch_for(512, (224, 224)) == 32
+    assert eval_batch_for(16, (224, 224)) == 16 and eval_batch_for(512, (4000, 4000)) == 1

@@ -77,6 +77,9 @@ def test_finetune_defaults_count_as_unset():
     assert finetune_config(None, {})[0].small_data == "batch+lr"
     assert finetune_config(None, {"batch_size": 32})[0].small_data == "off"
     assert finetune_config(None, {"optim.lr": 0.02})[0].small_data == "batch"
+    # --lr-head/--lr-backbone are absolute: the adapted batch must not scale them through optim.lr.
+    assert finetune_config(None, {"finetune.lr_head": 0.005})[0].small_data == "batch"
+    assert finetune_config({"finetune": {"lr_backbone": 0.001}}, {})[0].small_data == "batch"
 
 
 def test_resolved_config_is_not_adapted_again(tmp_path):

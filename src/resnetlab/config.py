@@ -106,7 +106,8 @@ class BudgetConfig:
 
     seconds: float | None = None  # set by --budget; the run, final evaluation included, must end within it
     # Measured plan tables per machine class (fp32_cpu | bf16_cpu | gpu): lists of config overrides,
-    # cheapest first, each setting epochs. Without a table the recipe is shortened to fewer epochs.
+    # cheapest first, each setting epochs. Without one: the model's built-in table when there is no recipe
+    # (resnetlab/budget/tables.py), else the recipe shortened to fewer epochs.
     plans: dict = field(default_factory=dict)
     chosen: dict | None = None  # written by the planner: the plan, its predicted time and the probe's figures
 

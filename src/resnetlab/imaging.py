@@ -12,6 +12,7 @@ Rules:
 - any PIL mode becomes RGB: alpha dropped, 16-bit scaled to 8 bits (never clipped);
 - resize: shorter side to target / crop_pct, centre crop, :data:`INTERPOLATION` (bicubic, antialiased);
   crop_pct is recorded in the model's metadata (1.0 for CIFAR-size models, 0.875 for photos);
+  test-time augmentation of a photo model crops the size / crop_pct canvas around it (:func:`tta_canvas_size`);
 - normalize: uint8 -> float32 ``(x - 255 mean) / (255 std)`` channels-first.
 """
 
@@ -115,19 +116,37 @@ def check_crop_pct(crop_pct, where: str = "crop_pct") -> float:
     return float(crop_pct)
 
 
-def fit(image: Image.Image, size: tuple[int, int], crop_pct: float = 1.0) -> Image.Image:
+def tta_canvas_size(size: tuple[int, int], crop_pct: float) -> tuple[int, int]:
+    """(H, W) of the region test-time augmentation crops from: ``size / crop_pct``, i.e. the whole shorter
+    side of the resize :func:`fit` makes (256x256 for a 224 model at 0.875). Equal to ``size`` at 1.0."""
+    return tuple(max(int(s), round(int(s) / crop_pct)) for s in size)
+
+
+def _keep_box(new: tuple[int, int], size: tuple[int, int], keep: tuple[int, int]) -> tuple[int, int]:
+    """(top, left) of the ``keep`` region whose own centre ``size`` crop is the evaluation crop (the
+    ``(new - size) // 2`` offset of :func:`fit`), so a canvas's centre view equals the plain input exactly."""
+    return tuple((n - s) // 2 - (k - s) // 2 for n, s, k in zip(new, size, keep))
+
+
+def fit(image: Image.Image, size: tuple[int, int], crop_pct: float = 1.0,
+        keep: tuple[int, int] | None = None) -> Image.Image:
     """Resize the shorter side to ``size / crop_pct`` (H, W) and centre-crop ``size``, so aspect ratios are
     never distorted. ``crop_pct`` < 1 is timm's evaluation crop for photos (0.875: a 224 crop of a 256
-    resize); 1.0 keeps the whole shorter side (CIFAR-size models, today's behaviour)."""
+    resize); 1.0 keeps the whole shorter side (CIFAR-size models, today's behaviour).
+
+    ``keep`` (H, W) >= ``size``: return that larger region of the same resize instead, placed so that its
+    centre ``size`` crop is exactly the evaluation crop (:func:`tta_canvas_size`: test-time augmentation
+    crops it at its corners, which the evaluation crop cuts away)."""
     height, width = size
-    if image.size == (width, height) and crop_pct == 1.0:
+    keep_h, keep_w = keep or size
+    if image.size == (width, height) and crop_pct == 1.0 and (keep_h, keep_w) == (height, width):
         return image
     scale = max(width / image.size[0], height / image.size[1]) / crop_pct
-    new_w = max(width, round(image.size[0] * scale))
-    new_h = max(height, round(image.size[1] * scale))
+    new_w = max(keep_w, round(image.size[0] * scale))
+    new_h = max(keep_h, round(image.size[1] * scale))
     image = image.resize((new_w, new_h), Image.Resampling.BICUBIC)
-    left, top = (new_w - width) // 2, (new_h - height) // 2
-    return image.crop((left, top, left + width, top + height))
+    top, left = _keep_box((new_h, new_w), size, (keep_h, keep_w))
+    return image.crop((left, top, left + keep_w, top + keep_h))
 
 
 def cap_shorter(image: Image.Image, side: int) -> Image.Image:
@@ -140,15 +159,17 @@ def cap_shorter(image: Image.Image, side: int) -> Image.Image:
     return image.resize(new, Image.Resampling.BICUBIC)
 
 
-def fit_batch(images: torch.Tensor, size: tuple[int, int], crop_pct: float = 1.0) -> torch.Tensor:
-    """:func:`fit` for a uint8 (N, H, W, 3) tensor batch (arrays already in memory), uint8 out."""
+def fit_batch(images: torch.Tensor, size: tuple[int, int], crop_pct: float = 1.0,
+              keep: tuple[int, int] | None = None) -> torch.Tensor:
+    """:func:`fit` (``keep`` included) for a uint8 (N, H, W, 3) tensor batch (arrays already in memory), uint8 out."""
     x = images.permute(0, 3, 1, 2).float()
     height, width = x.shape[-2:]
+    keep_h, keep_w = keep or size
     scale = max(size[0] / height, size[1] / width) / crop_pct
-    new_h, new_w = max(size[0], round(height * scale)), max(size[1], round(width * scale))
+    new_h, new_w = max(keep_h, round(height * scale)), max(keep_w, round(width * scale))
     x = torch.nn.functional.interpolate(x, size=(new_h, new_w), mode=INTERPOLATION, antialias=True, align_corners=False)
-    top, left = (new_h - size[0]) // 2, (new_w - size[1]) // 2
-    x = x[:, :, top:top + size[0], left:left + size[1]]
+    top, left = _keep_box((new_h, new_w), size, (keep_h, keep_w))
+    x = x[:, :, top:top + keep_h, left:left + keep_w]
     return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from resnetlab.budget.duration import format_duration
-from resnetlab.budget.plans import Plan, apply_plan, candidates, hardware_class, steps_per_epoch
+from resnetlab.budget.plans import Plan, apply_plan, candidates, hardware_class, plan_source, steps_per_epoch
 from resnetlab.budget.probe import Costs, measure, variant_key
 from resnetlab.config import TrainConfig
 from resnetlab.errors import ConfigError
@@ -69,14 +69,14 @@ def predict_plans(config: TrainConfig, splits, *, device: torch.device, precisio
                   final_report=None, model=None) -> tuple[str, list[Prediction]]:
     """Probe this machine and predict every candidate plan's time: ``(hardware class, predictions cheapest first)``.
 
-    ``model``: the model the run will train (fine-tuning); default: each plan's ``config.model``.
+    ``model``: the model the run will train (fine-tuning: no built-in plan table); default: each plan's ``config.model``.
     """
     n_train = len(splits.train)
     n_val = len(splits.val) if splits.val is not None else 0
     n_final = len(splits.test) if splits.test is not None else n_val
     full_side = config.data.image_size or splits.train.image_size[0]
     hardware = hardware_class(device, precision.dtype)
-    plans: list[Plan] = candidates(config, hardware, n_train)
+    plans: list[Plan] = candidates(config, hardware, n_train, from_scratch=model is None)
     configs = [apply_plan(config, plan, n_train) for plan in plans]
     costs: dict[str, Costs] = {}
     for plan_config in configs:  # one probe per model variant, covering every side its plans use
@@ -117,6 +117,7 @@ def plan_run(config: TrainConfig, budget_s: float, *, splits, device: torch.devi
         "seconds": budget_s,
         "hardware": hardware,
         "plan": best.plan.name,
+        "plans_from": plan_source(config, hardware, from_scratch=model is None),
         "overrides": best.plan.overrides,
         "predicted_s": round(phases["total_s"], 1),
         "phases": {k: round(v, 2) for k, v in phases.items()},

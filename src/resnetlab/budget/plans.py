@@ -2,7 +2,8 @@
 
 A plan is a set of dotted config overrides (``{"epochs": 6, "model.options.widths": [64, 256, 256]}``).
 A recipe may carry a measured plan table per kind of machine under ``budget.plans`` (cheapest plan
-first, best last); without one, the candidates are the recipe itself shortened to fewer epochs.
+first, best last). Without a recipe, a model with a built-in table (:mod:`resnetlab.budget.tables`)
+gets that one; otherwise the candidates are the config itself shortened to fewer epochs.
 Either way the chosen plan's learning-rate schedule is fitted to its length, so a 6-epoch plan of a
 182-epoch recipe decays over 6 epochs instead of stopping before its first milestone.
 """
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from resnetlab.budget.tables import MODEL_PLANS
 from resnetlab.config import TrainConfig, build_config
 
 # Epoch counts tried when a recipe has no plan table for this machine: dense where a few epochs
@@ -45,14 +47,38 @@ def recipe_epochs(config: TrainConfig, n_train: int) -> float:
     return config.max_steps / max(steps_per_epoch(n_train, config.batch_size, config.drop_last), 1)
 
 
-def candidates(config: TrainConfig, hardware: str, n_train: int) -> list[Plan]:
-    """The plans to choose from, cheapest first."""
+def candidates(config: TrainConfig, hardware: str, n_train: int, from_scratch: bool = True) -> list[Plan]:
+    """The plans to choose from, cheapest first (where they come from: :func:`plan_source`)."""
     table = (config.budget.plans or {}).get(hardware)
     if table:
         return [Plan(_plan_name(entry), dict(entry)) for entry in table]
+    builtin = _builtin_table(config, hardware, from_scratch)
+    if builtin:
+        return [Plan(_epochs_name(entry["epochs"]), dict(entry)) for entry in builtin]
     longest = recipe_epochs(config, n_train)
-    shorter = [Plan(f"{e} epoch{'s' if e != 1 else ''}", {"epochs": e}) for e in EPOCH_LADDER if e < longest]
+    shorter = [Plan(_epochs_name(e), {"epochs": e}) for e in EPOCH_LADDER if e < longest]
     return shorter + [Plan(f"the recipe's full length ({longest:.4g} epochs)", {})]
+
+
+def plan_source(config: TrainConfig, hardware: str, from_scratch: bool = True) -> str:
+    """Where :func:`candidates` takes the plans from, for the planner's printout and record."""
+    if (config.budget.plans or {}).get(hardware):
+        return f"{config.recipe or 'the config'}'s budget.plans.{hardware} table"
+    if _builtin_table(config, hardware, from_scratch):
+        return f"the built-in {config.model.name} table (resnetlab/budget/tables.py)"
+    return f"{config.recipe or 'the built-in defaults'} shortened to fewer epochs"
+
+
+def _builtin_table(config: TrainConfig, hardware: str, from_scratch: bool) -> list[dict] | None:
+    # Only for a run from scratch without a recipe: a recipe (or a fine-tuning run) chose its schedule
+    # and augmentation itself, which a built-in plan would replace.
+    if config.recipe is not None or not from_scratch:
+        return None
+    return MODEL_PLANS.get(config.model.name, {}).get(hardware)
+
+
+def _epochs_name(epochs: float) -> str:
+    return f"{epochs:g} epoch{'s' if epochs != 1 else ''}"
 
 
 def apply_plan(config: TrainConfig, plan: Plan, n_train: int) -> TrainConfig:

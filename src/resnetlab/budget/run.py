@@ -50,5 +50,5 @@ def plan_config(config: TrainConfig, budget_s: float, splits, *, started_at: flo
     probe_s = record["probe"]["probe_s"]
     print(f"budget {format_duration(budget_s)} on this {record['hardware'].replace('_', ' ')}: plan {record['plan']}, "
           f"predicted {format_duration(record['predicted_s'])} of the {format_duration(record['left_at_plan_s'])} left "
-          f"(data and a {probe_s:.0f} s probe took the rest)", flush=True)
+          f"(data and a {probe_s:.0f} s probe took the rest); plans from {record['plans_from']}", flush=True)
     return config

@@ -41,7 +41,7 @@ def add_parser(subparsers) -> None:
                    "model's training data and has no val/ or test/ folder)")
     p.add_argument("--source-format", choices=SOURCE_FORMATS, help=SOURCE_FORMAT_HELP)
     p.add_argument("--out", help="report directory (default: RUN_DIR/eval-SPLIT for runs, else ./eval-NAME)")
-    p.add_argument("--tta", action="store_true", help="test-time augmentation: average softmax over flips and 2-px shifts (default: off)")
+    p.add_argument("--tta", action="store_true", help="test-time augmentation: average softmax over flips and 2-px shifts, or for a photo model (crop_pct < 1) over flipped centre and corner crops (default: off)")
     p.add_argument("--batch-size", type=int, default=512, help="images per forward pass (default: 512)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
     p.add_argument("--data-dir", help="where cifar10/cifar100 archives are found or downloaded (default: the run's, else the cache)")

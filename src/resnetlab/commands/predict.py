@@ -28,8 +28,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--source-format", choices=SOURCE_FORMATS, help=SOURCE_FORMAT_HELP)
     parser.add_argument("--tta", action="store_true",
-                        help="test-time augmentation: average the probabilities over flipped and shifted views "
-                             "(the views of evaluate --tta; 6 passes per image)")
+                        help="test-time augmentation: average the probabilities over the views of evaluate --tta "
+                             "(flipped and shifted: 6 passes per image; photo models, crop_pct < 1: flipped centre "
+                             "and corner crops of the resized picture, 10 passes); --output .json names them")
     parser.add_argument("--quiet", "-q", action="store_true", help="do not print the table (errors still go to stderr)")
     parser.set_defaults(run=run)
 
@@ -51,10 +52,13 @@ def run(args) -> int:
         print(f"resnetlab: skipped {result.error}", file=sys.stderr)
 
     results = predict_files(predictor, args.images, top_k=args.top_k, batch_size=args.batch_size, on_error=report, tta=args.tta)
+    if args.tta:
+        views = predictor.tta_view_names
+        print(f"TTA: probabilities averaged over {len(views)} views: {', '.join(views)}", file=sys.stderr)
     if not args.quiet:
         print_table(results, args.top_k)
     if args.output:
-        path = write_results(results, args.output, predictor, args.top_k)
+        path = write_results(results, args.output, predictor, args.top_k, tta=args.tta)
         print(f"wrote {path}", file=sys.stderr)
     readable = sum(r.error is None for r in results)
     failed = len(results) - readable

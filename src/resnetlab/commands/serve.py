@@ -33,7 +33,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--top-k", type=int, default=5, help="classes returned per image unless ?top_k= says otherwise")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--tta", action="store_true",
-                        help="test-time augmentation (flipped and shifted views, as evaluate --tta) by default; "
+                        help="test-time augmentation (the views of evaluate --tta: flips and shifts, or for a photo model flipped "
+                             "centre and corner crops; the answer names them) by default; "
                              "a request's ?tta=0 or ?tta=1 overrides it")
     parser.set_defaults(run=run)
 

@@ -59,8 +59,14 @@ def load_image_folder(
     image_size: int | None = None,
     skip_bad: bool = False,
     data_dir: str | os.PathLike | None = None,
+    decode: bool = True,
 ) -> dict[str, ImageSet]:
-    """Load an image-folder dataset; returns ``{"train": ..., "val"?: ..., "test"?: ...}``."""
+    """Load an image-folder dataset; returns ``{"train": ..., "val"?: ..., "test"?: ...}``.
+
+    ``decode=False`` on a folder (not an archive, whose members are no files to read again) returns
+    files-only ImageSets (``images`` None): the same walk, classes, files and problems, each file's
+    header checked instead of decoding it, and no cache (there is nothing decoded to keep).
+    """
     path = Path(path)
     if image_size is not None and (not isinstance(image_size, int) or image_size < 1):
         raise DataError(f"image_size (--image-size) must be a positive integer, got {image_size!r}")
@@ -84,6 +90,8 @@ def load_image_folder(
         walked = walk_folder(path)
         _warn_outside_links(path, walked)
         entries = _strip_single_top(walked)
+        if not decode:
+            return _files_only(_plan(entries, path), path, skip_bad)
         content_key = _folder_key(entries)
         cached = _load_cache(_cache_path(content_key, settings, data_dir), path)
         if cached is not None:
@@ -324,6 +332,51 @@ def _decode(plan: _Plan, buffer, image_size: int | None, root: Path, skip_bad: b
             paths=names,
         )
     return splits
+
+
+def _files_only(plan: _Plan, root: Path, skip_bad: bool) -> dict[str, ImageSet]:
+    """The plan's files as files-only ImageSets; a file whose header does not read is a problem,
+    as a failed decode is for :func:`_decode` (a corrupt body only shows when it is decoded)."""
+    splits: dict[str, ImageSet] = {}
+    for split, files in plan.files.items():
+        labels, names = [], []
+        for src, label in files:
+            reason = src.refused or _header_problem(src.path)
+            if reason is not None:
+                plan.problems.append(f"{src.name}: {reason}")
+                continue
+            labels.append(label)
+            names.append(src.name)
+        if names:
+            splits[split] = ImageSet(images=None, labels=torch.tensor(labels, dtype=torch.int64),
+                                     classes=list(plan.classes), source=str(root), paths=names)
+    if plan.problems and not skip_bad:
+        raise DataError(_problem_message(root, plan.problems))
+    if "train" not in splits:
+        raise DataError(f"{root}: no readable training images")
+    if plan.problems:
+        _warn_skipped(root, plan.problems)
+    return splits
+
+
+def _header_problem(path: str) -> str | None:
+    """Why ``path`` is no usable image, from its header alone (format, size limit); None when it is."""
+    from PIL import Image, UnidentifiedImageError
+
+    from resnetlab import imaging
+
+    try:
+        if os.path.getsize(path) == 0:
+            return "is empty (0 bytes)"
+        with Image.open(path) as image:  # reads the header only; walk_folder typed it a regular file
+            imaging.check_size(image, imaging.MAX_PIXELS)
+    except imaging.ImageError as exc:
+        return str(exc)
+    except UnidentifiedImageError:
+        return "is not an image PIL can read (unknown format or corrupt header)"
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        return f"is corrupt or truncated (cannot read its header: {exc})"
+    return None
 
 
 def _problem_message(root: Path, problems: list[str]) -> str:

@@ -20,6 +20,7 @@ and however many workers. Validation images take the evaluation geometry every c
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Iterator
@@ -327,6 +328,8 @@ def eval_imageset(imageset: ImageSet, size: int, crop_pct: float) -> ImageSet:
 
     files = PhotoFiles.from_imageset(imageset)
     if files is None:
+        if imageset.files_only:
+            raise DataError(f"{imageset.source}: its image files are no longer there to decode")
         return imageset
     arrays = [image_to_array(p, (size, size), name=p, crop_pct=crop_pct) for p in files.paths]
     return ImageSet(images=torch.from_numpy(np.stack(arrays)), labels=imageset.labels.clone(),
@@ -338,41 +341,100 @@ def for_model(imageset: ImageSet, meta) -> ImageSet:
     """What evaluate feeds a model: ``imageset`` as is for crop_pct 1.0 (decoded at the model's size), else
     re-fitted from its files with the model's recorded ``crop_pct``."""
     crop_pct = float(getattr(meta, "crop_pct", 1.0) or 1.0)
-    if crop_pct == 1.0:
+    if crop_pct == 1.0 and not imageset.files_only:
         return imageset
     return eval_imageset(imageset, int(meta.input_size[-1]), crop_pct)
 
 
-def photo_path_wanted(data_mode: str, augment: AugmentConfig | None) -> bool:
-    """The photo path is on with --data-mode memory|stream, or with a RandomResizedCrop recipe under auto."""
+# Under auto, a folder whose images are all larger than this many times the train size (shorter side)
+# takes the photo path even when they share one size (a camera's photos): RandomResizedCrop from the
+# full picture is what such images need, while a CIFAR export (32 px images at 32 px) keeps the
+# fixed-size path and its device-resident speed.
+PHOTO_SIDE_FACTOR = 1.5
+_HEADER_SAMPLE = 64
+
+
+def photo_path_wanted(data_mode: str, augment: AugmentConfig | None, data=None) -> bool:
+    """The photo path is on with --data-mode memory|stream, with a RandomResizedCrop recipe, or under
+    auto for an image folder on disk that holds photos (:func:`folder_holds_photos`); ``data`` is the
+    config's ``data:`` section."""
     if data_mode not in MODES:
         raise ConfigError(f"config data.mode (--data-mode) must be one of {', '.join(MODES)}, got {data_mode!r}")
-    return data_mode != "auto" or (augment is not None and augment.rrc_scale is not None)
+    if data_mode != "auto" or (augment is not None and augment.rrc_scale is not None):
+        return True
+    return data is not None and folder_holds_photos(str(data.spec), data.image_size)
+
+
+def folder_holds_photos(spec: str, image_size: int | None) -> bool:
+    """Whether the image folder ``spec`` looks like photos rather than fixed-size arrays: from the headers
+    of an evenly spaced sample of its files, images of more than one size, or all with a shorter side
+    above :data:`PHOTO_SIDE_FACTOR` x ``image_size``. False for anything that is not a folder on disk."""
+    root = Path(spec).expanduser()
+    if not root.is_dir():
+        return False
+    return _sampled_sizes_say_photos(str(root.resolve()), image_size)
+
+
+@functools.lru_cache(maxsize=16)  # asked before loading and again when the loaders are built
+def _sampled_sizes_say_photos(root: str, image_size: int | None) -> bool:
+    paths = sorted(os.path.join(folder, name) for folder, _, names in os.walk(root)
+                   for name in names if Path(name).suffix.lower() in imaging.IMAGE_EXTENSIONS)
+    sizes = set()
+    for path in paths[:: max(1, len(paths) // _HEADER_SAMPLE)]:
+        if not os.path.isfile(path):  # a FIFO or device would block or never end; the loader reports it
+            continue
+        try:
+            with Image.open(path) as image:
+                sizes.add(image.size)
+        except Exception:  # noqa: BLE001 - a bad file is reported when the data is loaded
+            continue
+    if len(sizes) > 1:
+        return True
+    return bool(sizes) and image_size is not None and min(next(iter(sizes))) > PHOTO_SIDE_FACTOR * image_size
+
+
+def files_only_wanted(data, augment: AugmentConfig | None) -> bool:
+    """Whether the trainer should load ``data`` (a config's ``data:`` section) files-only
+    (``load_splits_for(..., files_only=True)``): the photo path applies, the spec is a folder on
+    disk and a train size is set. The photo path reads the files itself, so the fixed-size decode
+    of the whole folder (and its cache) would only cost a pass and memory (all of it, in stream mode).
+    Without ``image_size`` the images' common size comes from decoding them, as before."""
+    return (photo_path_wanted(getattr(data, "mode", "auto"), augment, data) and data.image_size is not None
+            and Path(str(data.spec)).expanduser().is_dir())
 
 
 def build_loaders(cfg, splits, raw, image_size, *, device, rank: int, world_size: int, sample_weights=None,
                   announce=print):
     """(train loader, val loader or None) for the trainer: the photo path where it applies, else
-    DeviceLoader as before. Records the evaluation ``crop_pct`` in ``raw.meta``."""
+    DeviceLoader as before. Records the evaluation ``crop_pct`` in ``raw.meta``; a files-only
+    ``splits.val`` is replaced by its decoded evaluation set."""
     from resnetlab.data.loader import DeviceLoader
 
     mean, std = raw.meta.mean, raw.meta.std
     data_mode = getattr(cfg.data, "mode", "auto")
-    files = PhotoFiles.from_imageset(splits.train) if photo_path_wanted(data_mode, cfg.augment) else None
-    if photo_path_wanted(data_mode, cfg.augment) and files is None:
+    wanted = photo_path_wanted(data_mode, cfg.augment, cfg.data)
+    files = PhotoFiles.from_imageset(splits.train) if wanted else None
+    if wanted and files is None:
         if data_mode != "auto":
             raise ConfigError(f"config data.mode={data_mode} (--data-mode): needs an image folder on disk "
                               f"({splits.train.source or 'this data'} is an archive or arrays); drop --data-mode")
+    if files is None and splits.train.files_only:  # only the photo path reads files-only sets
+        raise ConfigError(f"{splits.train.source}: loaded without decoding, so it needs the photo path "
+                          "(config data.mode memory|stream, an image folder on disk)")
     if files is not None:
         if image_size[0] != image_size[1]:
             raise ConfigError(f"the photo path trains square images; got image size {image_size}")
         crop_pct = imaging.check_crop_pct(cfg.data.crop_pct if getattr(cfg.data, "crop_pct", None) is not None
                                           else imaging.PHOTO_CROP_PCT, "config data.crop_pct (--crop-pct)")
         mode, reason = choose_mode(data_mode, files, image_size[0])
-        announce(f"data: {mode} mode ({reason})")
+        why = ("" if data_mode != "auto" or cfg.augment.rrc_scale is not None else
+               "; chosen for photos: images of several sizes or larger than the train size, --data-mode to choose")
+        announce(f"data: photo path, {mode} mode ({reason}{why})")
         if sample_weights is not None:
             announce("warning: data.class_balance=sampler is not applied on the photo path; use weighted-loss")
-        augment = cfg.augment if cfg.augment.rrc_scale is not None else _with_default_rrc(cfg.augment)
+        if cfg.augment.rrc_scale is None:  # recorded in config.yaml, so a resume takes the same path
+            cfg.augment = _photo_defaults(cfg.augment)
+        augment = cfg.augment
         train_loader = PhotoLoader(files, cfg.batch_size // world_size, size=image_size[0], augment=augment,
                                    mode=mode, device=device, seed=cfg.seed, mean=mean, std=std, rank=rank,
                                    world_size=world_size, drop_last=cfg.drop_last,
@@ -381,6 +443,8 @@ def build_loaders(cfg, splits, raw, image_size, *, device, rank: int, world_size
         val_loader = None
         if splits.val is not None and len(splits.val) > 0:
             val_set = eval_imageset(splits.val, image_size[0], crop_pct)
+            if splits.val.files_only:  # decoded once: the final report and its temperature fit reuse it
+                splits.val = val_set
             val_loader = DeviceLoader(val_set, cfg.eval_batch_size, train=False, device=device, seed=cfg.seed,
                                       mean=mean, std=std, channels_last=cfg.model.channels_last, resize_to=image_size)
         return train_loader, val_loader
@@ -399,7 +463,9 @@ def build_loaders(cfg, splits, raw, image_size, *, device, rank: int, world_size
     return train_loader, val_loader
 
 
-def _with_default_rrc(augment: AugmentConfig) -> AugmentConfig:
+def _photo_defaults(augment: AugmentConfig) -> AugmentConfig:
+    """torchvision's reference training transform for photos, for a config without a photo recipe:
+    RandomResizedCrop (0.08-1 of the area) and a horizontal flip."""
     import dataclasses
 
-    return dataclasses.replace(augment, rrc_scale=[0.08, 1.0])
+    return dataclasses.replace(augment, rrc_scale=[0.08, 1.0], flip=True)

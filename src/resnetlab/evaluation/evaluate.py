@@ -24,7 +24,7 @@ from resnetlab.evaluation import plots
 from resnetlab.evaluation.calibration import FIGURE as CALIBRATION_FIGURE, calibrate_model, report_summary, reliability_png as calibration_png
 from resnetlab.evaluation.explain import gallery_heatmaps
 from resnetlab.evaluation.metrics import bootstrap_mean_ci, calibration_errors, classification_metrics, nan_safe
-from resnetlab.evaluation.predictions import collect_outputs, model_classes, model_num_classes
+from resnetlab.evaluation.predictions import collect_outputs, model_classes, model_num_classes, tta_canvases
 from resnetlab.evaluation.report import render_html, render_markdown
 from resnetlab.utils.atomic import atomic_write_bytes, atomic_write_text
 
@@ -163,7 +163,8 @@ def evaluate_model(model, imageset, out_dir, *, device: str | torch.device = "cp
 
     was_training = model.training if isinstance(model, nn.Module) else None
     try:
-        outputs = collect_outputs(model, imageset.images, device=device, batch_size=batch_size, tta=tta)
+        outputs = collect_outputs(model, imageset.images, device=device, batch_size=batch_size, tta=tta,
+                                  tta_images=tta_canvases(imageset, model) if tta else None)  # photo models' crops
     except RuntimeError as exc:  # typically a shape mismatch deep in the network: name the likely cause
         meta = getattr(model, "meta", None)
         expected = tuple(meta.input_size[1:]) if getattr(meta, "input_size", None) else None

@@ -3,20 +3,25 @@
 Models come in two kinds: an ``nn.Module`` with ``.meta`` (normalized here with the mean/std the
 model was trained with, from its meta, not the dataset's), or any object with
 ``logits(images_uint8_nhwc) -> Tensor`` (e.g. an ONNX ``Predictor``, which normalizes itself).
-TTA views are made on the uint8 images so both kinds see the same inputs.
+TTA views are made on the uint8 images so both kinds see the same inputs. A photo model (``crop_pct`` < 1
+in its metadata) takes its views from a larger canvas around the evaluation crop (:func:`tta_canvases`).
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from resnetlab.errors import ConfigError
-from resnetlab.imaging import normalization, normalize_nchw, resize_float
+from resnetlab.imaging import normalization, normalize_nchw, resize_float, tta_canvas_size
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -81,13 +86,37 @@ def _shift(batch: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
     return x.round().to(torch.uint8).permute(0, 2, 3, 1)
 
 
-def tta_views(image_size: tuple[int, int]) -> list[tuple[str, Callable[[torch.Tensor], torch.Tensor]]]:
-    """Horizontal flip x {none, shift up-left, shift down-right}: 6 views.
+def model_crop_pct(model) -> float:
+    """The evaluation crop a model records in its metadata (1.0: CIFAR-size models, or none recorded)."""
+    meta = getattr(model, "meta", None)
+    value = meta.get("crop_pct") if isinstance(meta, dict) else getattr(meta, "crop_pct", None)
+    return float(value or 1.0)
 
-    The same flip/translate family as the standard CIFAR training augmentation (He et al. 2016,
-    sec. 4.2: pad 4 and crop, flip), so each view is an image the model saw during training.
-    The shift is 1/16 of the side (2 px at 32x32).
+
+def _crop(top: int, left: int, size: tuple[int, int]) -> Callable[[torch.Tensor], torch.Tensor]:
+    return lambda b: b[:, top: top + size[0], left: left + size[1]]
+
+
+def tta_views(image_size: tuple[int, int], crop_pct: float = 1.0) -> list[tuple[str, Callable[[torch.Tensor], torch.Tensor]]]:
+    """The one list of test-time augmentation views (evaluate, predict, serve): (name, uint8 NHWC -> NHWC).
+
+    crop_pct 1.0 (CIFAR-size models): horizontal flip x {none, shift up-left, shift down-right}, 6 views
+    of the (H, W) input. The same flip/translate family as the standard CIFAR training augmentation
+    (He et al. 2016, sec. 4.2: pad 4 and crop, flip), so each view is an image the model saw during
+    training. The shift is 1/16 of the side (2 px at 32x32).
+
+    crop_pct < 1 (photo models): the views take a canvas of :func:`resnetlab.imaging.tta_canvas_size`
+    (the whole size / crop_pct shorter side around the evaluation crop) and return {centre, the four
+    corner crops} x {as is, mirrored}: the 10-crop test of Krizhevsky et al. 2012 and He et al. 2016
+    (sec. 3.4) on the resize the model is evaluated at. The centre view is the plain evaluation crop.
     """
+    if crop_pct < 1.0:
+        canvas_h, canvas_w = tta_canvas_size(image_size, crop_pct)
+        dy, dx = canvas_h - image_size[0], canvas_w - image_size[1]
+        boxes = {"centre": (dy // 2, dx // 2), "top-left": (0, 0), "top-right": (0, dx),
+                 "bottom-left": (dy, 0), "bottom-right": (dy, dx)}
+        crops = [(name, _crop(top, left, image_size)) for name, (top, left) in boxes.items()]
+        return crops + [(f"flip+{name}", lambda b, crop=crop: crop(b).flip(2)) for name, crop in crops]
     t = max(1, min(image_size) // 16)
     views = []
     for flipped in (False, True):
@@ -99,12 +128,37 @@ def tta_views(image_size: tuple[int, int]) -> list[tuple[str, Callable[[torch.Te
     return views
 
 
+def tta_canvases(imageset, model) -> torch.Tensor | None:
+    """uint8 (N, H', W', 3) canvases the photo views of ``model`` crop (:func:`tta_views`), decoded again
+    from ``imageset``'s files as predict and serve decode them; None for a crop_pct 1.0 model or when the
+    files are not on disk (an archive, arrays: the flip x shift views of the images are used then)."""
+    crop_pct = model_crop_pct(model)
+    if crop_pct >= 1.0 or not getattr(model, "meta", None) or not getattr(imageset, "paths", None):
+        return None
+    from resnetlab.data.photo import PhotoFiles
+    from resnetlab.inference.preprocess import image_to_array
+
+    files = PhotoFiles.from_imageset(imageset)
+    if files is None:
+        return None
+    size = tuple(int(s) for s in model.meta.input_size[1:])
+    keep = tta_canvas_size(size, crop_pct)
+    return torch.from_numpy(np.stack([image_to_array(p, size, name=p, crop_pct=crop_pct, keep=keep) for p in files.paths]))
+
+
 @torch.inference_mode()
 def collect_outputs(model, images: torch.Tensor, *, device: str | torch.device = "cpu", batch_size: int = 512,
-                    tta: bool = False) -> Outputs:
-    """Logits and probabilities of ``model`` for uint8 (N, H, W, 3) ``images``, in order."""
+                    tta: bool = False, tta_images: torch.Tensor | None = None) -> Outputs:
+    """Logits and probabilities of ``model`` for uint8 (N, H, W, 3) ``images``, in order.
+
+    ``tta_images``: a photo model's canvases (:func:`tta_canvases`), one per image, which its crop views
+    take; without them the flip x shift views of ``images`` are used."""
     forward = logits_function(model, device)
-    views = tta_views(tuple(images.shape[1:3])) if tta else []
+    crop_pct = model_crop_pct(model) if tta and tta_images is not None else 1.0
+    if tta and tta_images is None and model_crop_pct(model) < 1.0:  # never silently another set of views
+        log.warning("TTA: the images' files are not on disk (an archive or arrays), so this photo model's "
+                    "crop views cannot be cut; averaging the flip x shift views instead")
+    views = tta_views(tuple(images.shape[1:3]), crop_pct) if tta else []
     logits, probs_tta = [], []
     for start in range(0, images.shape[0], batch_size):
         batch = images[start: start + batch_size]
@@ -112,8 +166,11 @@ def collect_outputs(model, images: torch.Tensor, *, device: str | torch.device =
         logits.append(batch_logits)
         if tta:
             # Average probabilities, not logits: each view votes with a distribution.
-            # views[0] is the identity: reuse its logits.
-            total = batch_logits.softmax(dim=1) + sum(forward(view(batch)).softmax(dim=1) for _, view in views[1:])
+            if crop_pct < 1.0:  # every view is a crop of the canvas (centre included: images may be fitted otherwise)
+                canvas = tta_images[start: start + batch_size]
+                total = sum(forward(view(canvas)).softmax(dim=1) for _, view in views)
+            else:  # views[0] is the identity: reuse its logits.
+                total = batch_logits.softmax(dim=1) + sum(forward(view(batch)).softmax(dim=1) for _, view in views[1:])
             mean = total / len(views)
             probs_tta.append(mean)
     if not logits:

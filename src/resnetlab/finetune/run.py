@@ -138,7 +138,12 @@ def finetune(config: TrainConfig, options: FinetuneOptions, *, splits=None, hook
 
     check_options(options)
     config = copy.deepcopy(config)
-    splits = splits if splits is not None else load_splits_for(config.data)
+    if splits is None:
+        from resnetlab.data.photo import files_only_wanted
+
+        # Photo path: files-only, as the trainer loads it (a --budget probe times decoded batches: it decodes).
+        files_only = files_only_wanted(config.data, config.augment) and config.budget.seconds is None
+        splits = load_splits_for(config.data, files_only=files_only)
     prepared = prepare_pretrained(config, options, splits, keep_grads=detect().enabled)
     model = prepared.model
 
@@ -223,6 +228,9 @@ def build_config(recipe: str | Path | dict | None = None, overrides: dict | None
         for key, value in train_overrides.items():
             _set_path(user, key, value)
         data["small_data"] = small_data_mode(user)
+        if data["small_data"] == "batch+lr" and any(section.get(k) is not None for k in ("lr_head", "lr_backbone")):
+            # Per-stage rates are absolute and relative to optim.lr: scaling optim.lr would scale them too.
+            data["small_data"] = "batch"
     return build_train_config(data, train_overrides), FinetuneOptions.from_dict(section)
 
 

@@ -119,6 +119,7 @@ def predict_files(predictor, inputs: Iterable[str | os.PathLike], *, top_k: int 
     # alone would be 64 x 200 MB at that size.
     height, width = predictor.image_size
     batch_size = max(1, min(batch_size, BATCH_BYTES // (height * width * 3 * 4)))
+    keep = predictor.tta_input_size if tta else None  # a photo model's TTA crops need the canvas around the crop
     results: list[FileResult] = []
     for chunk in _batches(collect_inputs(inputs), batch_size):
         arrays, ok = [], []
@@ -128,7 +129,7 @@ def predict_files(predictor, inputs: Iterable[str | os.PathLike], *, top_k: int 
                 try:
                     data = _read(path)
                     arrays.append(image_to_array(data, predictor.image_size, name=path, max_pixels=predictor.max_pixels,
-                                                  crop_pct=predictor.crop_pct))
+                                                  crop_pct=predictor.crop_pct, keep=keep))
                     ok.append(result)
                 except DataError as exc:
                     result.error = str(exc)
@@ -158,12 +159,13 @@ def _read(path: str) -> bytes:
 
 # ---- writing results ------------------------------------------------------------------------------
 
-def results_to_json(results: list[FileResult], predictor) -> str:
+def results_to_json(results: list[FileResult], predictor, tta: bool = False) -> str:
     payload = {
         "model": predictor.meta.name,
         "source": predictor.source,
         "backend": predictor.backend,
         "classes": predictor.classes,
+        "tta_views": predictor.tta_view_names if tta else None,  # the views whose probabilities were averaged
         "predictions": [r.to_dict() for r in results],
     }
     return json.dumps(payload, indent=2) + "\n"
@@ -188,12 +190,12 @@ def results_to_csv(results: list[FileResult], top_k: int) -> str:
     return buffer.getvalue()
 
 
-def write_results(results: list[FileResult], path: str | os.PathLike, predictor, top_k: int) -> Path:
-    """Write ``.json`` or ``.csv`` (by extension), atomically."""
+def write_results(results: list[FileResult], path: str | os.PathLike, predictor, top_k: int, tta: bool = False) -> Path:
+    """Write ``.json`` or ``.csv`` (by extension), atomically. ``tta``: the JSON names the views averaged."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".json":
-        atomic_write_text(path, results_to_json(results, predictor))
+        atomic_write_text(path, results_to_json(results, predictor, tta))
     elif suffix == ".csv":
         atomic_write_text(path, results_to_csv(results, top_k))
     else:

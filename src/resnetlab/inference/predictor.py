@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from resnetlab.errors import CheckpointError, ConfigError
-from resnetlab.imaging import fit_batch, normalize
+from resnetlab.imaging import fit_batch, normalize, tta_canvas_size
 from resnetlab.inference.preprocess import MAX_IMAGE_PIXELS, image_to_array, split_batch
 from resnetlab.utils.device import resolve_device
 
@@ -136,21 +136,29 @@ class Predictor:
         return int(height), int(width)
 
     @property
+    def tta_input_size(self) -> tuple[int, int]:
+        """(H, W) of what :meth:`probabilities_tta` takes: the image size, or for a photo model (crop_pct < 1)
+        the size / crop_pct canvas around the evaluation crop that its crop views are cut from."""
+        return tta_canvas_size(self.image_size, self.crop_pct)
+
+    @property
     def name(self) -> str:
         return self.meta.name
 
     # ---- inference ----------------------------------------------------------------------------
 
-    def prepare(self, images: Any, names: list[str] | None = None) -> torch.Tensor:
-        """Images in any accepted form -> uint8 (N, H, W, 3) at the model's input size."""
+    def prepare(self, images: Any, names: list[str] | None = None, *, tta: bool = False) -> torch.Tensor:
+        """Images in any accepted form -> uint8 (N, H, W, 3) at the model's input size (``tta``: at
+        :attr:`tta_input_size`, the input of :meth:`probabilities_tta`)."""
         items = split_batch(images)
+        keep = self.tta_input_size if tta else None
         arrays = [
             image_to_array(item, self.image_size, name=names[i] if names else None, max_pixels=self.max_pixels,
-                           crop_pct=self.crop_pct)
+                           crop_pct=self.crop_pct, keep=keep)
             for i, item in enumerate(items)
         ]
         if not arrays:
-            return torch.empty((0, *self.image_size, 3), dtype=torch.uint8)
+            return torch.empty((0, *(keep or self.image_size), 3), dtype=torch.uint8)
         return torch.from_numpy(np.stack(arrays))
 
     def logits(self, images_uint8_nhwc: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
@@ -181,25 +189,30 @@ class Predictor:
         return torch.softmax(logits / self.temperature, dim=1)
 
     def tta_views(self) -> list[tuple[str, Callable[[torch.Tensor], torch.Tensor]]]:
-        """(name, uint8 NHWC -> uint8 NHWC) views of test-time augmentation: evaluate --tta's own views
-        (flip x small shifts, resnetlab.evaluation.predictions.tta_views), so predict, serve and evaluate agree.
-
-        Hook for photos: a model whose metadata records ``crop_pct`` < 1 (resize then centre crop) could
-        add crops taken from the larger resized image here; until the photo path records it, these views
-        (whose shifts are crops of the reflected border) are the whole set.
-        """
+        """(name, uint8 NHWC at :attr:`tta_input_size` -> uint8 NHWC at the image size) views of test-time
+        augmentation: evaluate --tta's own list (:func:`resnetlab.evaluation.predictions.tta_views`), so
+        predict, serve and evaluate agree. crop_pct 1.0: flip x small shifts; a photo model (crop_pct < 1):
+        flip x {centre, four corner} crops of the canvas around the evaluation crop."""
         from resnetlab.evaluation.predictions import tta_views
 
-        return tta_views(self.image_size)
+        return tta_views(self.image_size, self.crop_pct)
+
+    @property
+    def tta_view_names(self) -> list[str]:
+        """The names of :meth:`tta_views`, in order (recorded in predict's JSON and serve's answers)."""
+        return [name for name, _ in self.tta_views()]
 
     def probabilities_tta(self, images_uint8_nhwc: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-        """Mean over :meth:`tta_views` of the (calibrated) probabilities, (N, num_classes), for uint8 (N, H, W, 3).
+        """Mean over :meth:`tta_views` of the (calibrated) probabilities, (N, num_classes), for uint8 (N, H, W, 3)
+        at :attr:`tta_input_size` (``prepare(..., tta=True)``); arrays of another size are whole pictures,
+        fitted to it with the model's geometry.
 
         Probabilities are averaged, not logits: each view votes with a distribution (as evaluate --tta).
         """
         images = torch.as_tensor(images_uint8_nhwc)
-        if images.ndim == 4 and tuple(images.shape[1:3]) != self.image_size:
-            images = fit_batch(images, self.image_size)  # the views' shifts are sized for the model's input
+        if images.ndim == 4 and tuple(images.shape[1:3]) != self.tta_input_size:
+            # the views' shifts and crops are sized for the canvas
+            images = fit_batch(images, self.image_size, self.crop_pct, keep=self.tta_input_size)
         views = self.tta_views()
         total = sum(self.probabilities_from_logits(self.logits(view(images), batch_size=batch_size)) for _, view in views)
         return total / len(views)

@@ -207,33 +207,36 @@ def decode_cost(image: Image.Image) -> int:
     return width * height * per_pixel
 
 
-def fit_image(image: Image.Image, size: tuple[int, int], crop_pct: float = 1.0) -> np.ndarray:
-    """:func:`resnetlab.imaging.fit` as a uint8 (H, W, 3) array."""
-    return np.asarray(fit(image, size, crop_pct), dtype=np.uint8).copy()
+def fit_image(image: Image.Image, size: tuple[int, int], crop_pct: float = 1.0,
+              keep: tuple[int, int] | None = None) -> np.ndarray:
+    """:func:`resnetlab.imaging.fit` as a uint8 (H, W, 3) array (``keep``: the larger TTA canvas, see there)."""
+    return np.asarray(fit(image, size, crop_pct, keep), dtype=np.uint8).copy()
 
 
 def image_to_array(source: Any, size: tuple[int, int], *, name: str | None = None,
-                   max_pixels: int = MAX_IMAGE_PIXELS, crop_pct: float = 1.0) -> np.ndarray:
-    """Any one image (path, bytes, file object, PIL image, array, tensor) -> uint8 (H, W, 3) at ``size``."""
+                   max_pixels: int = MAX_IMAGE_PIXELS, crop_pct: float = 1.0,
+                   keep: tuple[int, int] | None = None) -> np.ndarray:
+    """Any one image (path, bytes, file object, PIL image, array, tensor) -> uint8 (H, W, 3) at ``size``
+    (at ``keep`` when given: the test-time augmentation canvas around that crop, :func:`resnetlab.imaging.fit`)."""
     if isinstance(source, (np.ndarray, torch.Tensor)):
-        return fit_image(to_rgb(Image.fromarray(_array_to_uint8_hwc(source, name))), size, crop_pct)
+        return fit_image(to_rgb(Image.fromarray(_array_to_uint8_hwc(source, name))), size, crop_pct, keep)
     if isinstance(source, Image.Image):
-        return fit_image(load_image(source, name=name, max_pixels=max_pixels), size, crop_pct)
+        return fit_image(load_image(source, name=name, max_pixels=max_pixels), size, crop_pct, keep)
     image = open_image(source, name=name, max_pixels=max_pixels, draft_size=(size[1], size[0]))
     # The reservation covers the decoded picture until it is shrunk to the model's size.
     with DECODE_BUDGET.reserved(decode_cost(image)):
-        return decode_to_array(image, size, name=_describe(source, name), crop_pct=crop_pct)
+        return decode_to_array(image, size, name=_describe(source, name), crop_pct=crop_pct, keep=keep)
 
 
 def decode_to_array(image: Image.Image, size: tuple[int, int], *, name: str | None = None,
-                    crop_pct: float = 1.0) -> np.ndarray:
+                    crop_pct: float = 1.0, keep: tuple[int, int] | None = None) -> np.ndarray:
     """An image from :func:`open_image` -> uint8 (H, W, 3) at ``size``; closes ``image``, freeing its pixels.
 
     The caller holds room in :data:`DECODE_BUDGET` for :func:`decode_cost` of it (``image_to_array``
     does; the server reserves without blocking its event loop).
     """
     try:
-        return fit_image(_decoded_rgb(image, name or "image"), size, crop_pct)
+        return fit_image(_decoded_rgb(image, name or "image"), size, crop_pct, keep)
     finally:
         image.close()  # frees the decoded pixels now, not whenever the last reference goes
 

@@ -250,8 +250,9 @@ def create_app(predictor, *, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, max_f
     app.state.predictor = predictor
     input_wh = (predictor.image_size[1], predictor.image_size[0])
 
-    async def decode(data: bytes, name: str) -> np.ndarray:
-        """One upload -> uint8 (H, W, 3), after reserving its decoded size (DecoderBusyError: no room in time)."""
+    async def decode(data: bytes, name: str, tta: bool = False) -> np.ndarray:
+        """One upload -> uint8 (H, W, 3), after reserving its decoded size (DecoderBusyError: no room in time);
+        ``tta``: at the predictor's ``tta_input_size`` (a photo model's crops need the canvas around the crop)."""
         image = await run_in_threadpool(open_image, data, name=name, max_pixels=predictor.max_pixels, draft_size=input_wh)
         try:
             amount = await _reserve(decode_cost(image), decode_wait_s)
@@ -260,7 +261,7 @@ def create_app(predictor, *, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, max_f
             raise
         try:
             return await run_in_threadpool(decode_to_array, image, predictor.image_size, name=name,
-                                           crop_pct=predictor.crop_pct)
+                                           crop_pct=predictor.crop_pct, keep=predictor.tta_input_size if tta else None)
         finally:
             DECODE_BUDGET.release(amount)
 
@@ -318,7 +319,7 @@ def create_app(predictor, *, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, max_f
                 name = upload.filename or f"file{i + 1}"
                 data = await upload.read()
                 try:
-                    arrays.append(await decode(data, name))
+                    arrays.append(await decode(data, name, tta))
                 except DecoderBusyError:
                     return JSONResponse(
                         {"detail": f"the server is busy decoding other images; retry in {RETRY_AFTER_S} s"},
@@ -340,9 +341,11 @@ def create_app(predictor, *, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, max_f
         predictions = [{"filename": name, "top_k": [{"class": c, "probability": p} for c, p in row]}
                        for name, row in zip(names, rows)]
         if heatmap:  # ?heatmap=1: the images are already decoded at the model's size, so this is one more pass
-            for entry, uri in zip(predictions, await run_in_threadpool(heatmap_uris, predictor, batch)):
+            plain = predictor.tta_views()[0][1](batch) if tta else batch  # views[0]: the plain input (identity, centre crop)
+            for entry, uri in zip(predictions, await run_in_threadpool(heatmap_uris, predictor, plain)):
                 entry["heatmap"] = uri
-        return {"model": predictor.meta.name, "tta": bool(tta), "predictions": predictions}
+        return {"model": predictor.meta.name, "tta": bool(tta), "tta_views": predictor.tta_view_names if tta else None,
+                "predictions": predictions}
 
     @app.get("/report", response_class=HTMLResponse)
     async def report():
