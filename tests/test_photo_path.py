@@ -281,3 +281,26 @@ def test_evaluation_batch_is_capped_by_pixels_for_large_images():
     assert eval_batch_for(512, (32, 32)) == 512  # CIFAR keeps its configured batch
     assert eval_batch_for(512, (160, 160)) == 64 and eval_batch_for(512, (224, 224)) == 32
     assert eval_batch_for(16, (224, 224)) == 16 and eval_batch_for(512, (4000, 4000)) == 1
+
+
+def test_class_balance_sampler_applies_on_the_photo_path(files):
+    # 1 blue image against 8 red: inverse-frequency weights draw the classes about evenly.
+    red = [i for i, y in enumerate(files.labels.tolist()) if y == 0]
+    blue = [i for i, y in enumerate(files.labels.tolist()) if y == 1][:1]
+    keep = red + blue
+    skewed = PhotoFiles([files.paths[i] for i in keep], files.labels[keep], files.classes)
+    counts = torch.bincount(skewed.labels, minlength=2).double()
+    weights = (1.0 / counts)[skewed.labels]
+    aug = AugmentConfig(rrc_scale=[0.5, 1.0])
+    loader = PhotoLoader(skewed, 3, size=16, augment=aug, mode="memory", seed=2, workers=1, sample_weights=weights)
+    drawn = torch.cat([loader.order(e) for e in range(40)])
+    share_blue = float((skewed.labels[drawn] == 1).double().mean())
+    assert 0.4 < share_blue < 0.6  # a plain shuffle gives exactly 1/9
+    unweighted = PhotoLoader(skewed, 3, size=16, augment=aug, mode="memory", seed=2, workers=1)
+    assert torch.equal(unweighted.order(0).sort().values, torch.arange(len(keep)))
+    # The batches follow the drawn order, labels included.
+    order = loader.order(0).tolist()
+    labels = torch.cat([y for _, y in loader.epoch(0)])
+    assert labels.tolist() == skewed.labels[order[: len(labels)]].tolist()
+    with pytest.raises(ConfigError, match="sample_weights must be 9 non-negative"):
+        PhotoLoader(skewed, 3, size=16, augment=aug, mode="memory", seed=2, workers=1, sample_weights=weights[:-1])

@@ -32,6 +32,25 @@ from resnetlab.imaging import normalization, normalize_nchw, resize_float
 _ORDER, _PARAMS, _POLICY, _FLIP_BASE = 0, 1, 2, 3
 
 
+def checked_sample_weights(sample_weights, n: int) -> torch.Tensor:
+    """``sample_weights`` as float64 on the CPU, or a ConfigError unless they are n non-negative numbers
+    with a positive sum."""
+    weights = torch.as_tensor(sample_weights, dtype=torch.float64).flatten().cpu()
+    if len(weights) != n or bool((weights < 0).any()) or not float(weights.sum()) > 0:
+        raise ConfigError(f"sample_weights must be {n} non-negative numbers with a positive sum")
+    return weights
+
+
+def shuffled_order(n: int, seed: int, epoch: int, sample_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """One epoch's n dataset indices: a seeded permutation, or with ``sample_weights`` a seeded draw
+    with replacement (balanced sampling). Shared by every training loader, so ``class_balance:
+    sampler`` means the same on each data path."""
+    g = torch.Generator().manual_seed(mix_seed(seed, epoch, _ORDER))
+    if sample_weights is not None:
+        return torch.multinomial(sample_weights, n, replacement=True, generator=g)
+    return torch.randperm(n, generator=g)
+
+
 class DeviceLoader:
     """Batches of ``imageset`` for one rank: ``(x, y)`` with x float32 (B, 3, H, W), y int64 (B,).
 
@@ -80,10 +99,7 @@ class DeviceLoader:
         n = len(self.labels)
         self.sample_weights = None
         if sample_weights is not None and train:
-            weights = torch.as_tensor(sample_weights, dtype=torch.float64).flatten().cpu()
-            if len(weights) != n or bool((weights < 0).any()) or not float(weights.sum()) > 0:
-                raise ConfigError(f"sample_weights must be {n} non-negative numbers with a positive sum")
-            self.sample_weights = weights
+            self.sample_weights = checked_sample_weights(sample_weights, n)
         if len(self) == 0:
             raise ConfigError(
                 f"{n} images give no batch of {batch_size} x {world_size} ranks with drop_last; "
@@ -111,10 +127,7 @@ class DeviceLoader:
         n = len(self.labels)
         if not self.train:
             return torch.arange(n)
-        g = torch.Generator().manual_seed(mix_seed(self.seed, epoch, _ORDER))
-        if self.sample_weights is not None:  # balanced sampling: with replacement, seeded
-            return torch.multinomial(self.sample_weights, n, replacement=True, generator=g)
-        return torch.randperm(n, generator=g)
+        return shuffled_order(n, self.seed, epoch, self.sample_weights)
 
     def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield this rank's batches of ``epoch`` from global batch ``start_batch`` on."""

@@ -34,6 +34,7 @@ from PIL import Image
 from resnetlab import imaging
 from resnetlab.data.augment import AugmentConfig, make_policy, mix_seed
 from resnetlab.data.imageset import ImageSet
+from resnetlab.data.loader import DeviceLoader, checked_sample_weights, shuffled_order
 from resnetlab.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ CACHE_SIDE_FACTOR = 1.15
 # ``auto`` streams when the decoded cache would take more than this share of the available memory.
 MEMORY_SHARE = 0.5
 # Stream ids for mix_seed (the loader's own 0-3 are for DeviceLoader's streams).
-_ORDER, _SAMPLE, _BATCH = 10, 11, 12
+_SAMPLE, _BATCH = 11, 12  # the epoch order's stream is the loaders' shared one (loader.shuffled_order)
 
 
 @dataclass
@@ -201,7 +202,8 @@ class PhotoLoader:
     def __init__(self, files: PhotoFiles, batch_size: int, *, size: int, augment: AugmentConfig | None = None,
                  mode: str = "memory", device: str | torch.device = "cpu", seed: int = 0,
                  mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), rank: int = 0, world_size: int = 1,
-                 drop_last: bool | None = True, channels_last: bool = False, workers: int | None = None) -> None:
+                 drop_last: bool | None = True, channels_last: bool = False, workers: int | None = None,
+                 sample_weights: torch.Tensor | None = None) -> None:
         from torchvision.transforms import v2
 
         if mode not in ("memory", "stream"):
@@ -215,7 +217,8 @@ class PhotoLoader:
         self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
         self.global_batch = batch_size * world_size
         self.drop_last = True if drop_last is None else drop_last
-        self.train, self.sample_weights = True, None
+        self.train = True
+        self.sample_weights = None if sample_weights is None else checked_sample_weights(sample_weights, len(files.paths))
         self.cap = round(self.size * CACHE_SIDE_FACTOR)
         self.mean, self.std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
         if len(self) == 0:
@@ -256,8 +259,7 @@ class PhotoLoader:
         return full + (1 if rest > self.rank * self.batch_size else 0)
 
     def order(self, epoch: int) -> torch.Tensor:
-        g = torch.Generator().manual_seed(mix_seed(self.seed, epoch, _ORDER))
-        return torch.randperm(len(self.files.paths), generator=g)
+        return shuffled_order(len(self.files.paths), self.seed, epoch, self.sample_weights)
 
     def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self._batches.epoch, self._batches.start = epoch, start_batch
@@ -408,7 +410,6 @@ def build_loaders(cfg, splits, raw, image_size, *, device, rank: int, world_size
     """(train loader, val loader or None) for the trainer: the photo path where it applies, else
     DeviceLoader as before. Records the evaluation ``crop_pct`` in ``raw.meta``; a files-only
     ``splits.val`` is replaced by its decoded evaluation set."""
-    from resnetlab.data.loader import DeviceLoader
 
     mean, std = raw.meta.mean, raw.meta.std
     data_mode = getattr(cfg.data, "mode", "auto")
@@ -430,15 +431,13 @@ def build_loaders(cfg, splits, raw, image_size, *, device, rank: int, world_size
         why = ("" if data_mode != "auto" or cfg.augment.rrc_scale is not None else
                "; chosen for photos: images of several sizes or larger than the train size, --data-mode to choose")
         announce(f"data: photo path, {mode} mode ({reason}{why})")
-        if sample_weights is not None:
-            announce("warning: data.class_balance=sampler is not applied on the photo path; use weighted-loss")
         if cfg.augment.rrc_scale is None:  # recorded in config.yaml, so a resume takes the same path
             cfg.augment = _photo_defaults(cfg.augment)
         augment = cfg.augment
         train_loader = PhotoLoader(files, cfg.batch_size // world_size, size=image_size[0], augment=augment,
                                    mode=mode, device=device, seed=cfg.seed, mean=mean, std=std, rank=rank,
                                    world_size=world_size, drop_last=cfg.drop_last,
-                                   channels_last=cfg.model.channels_last)
+                                   channels_last=cfg.model.channels_last, sample_weights=sample_weights)
         raw.meta.crop_pct = crop_pct
         val_loader = None
         if splits.val is not None and len(splits.val) > 0:
