@@ -304,3 +304,49 @@ def test_class_balance_sampler_applies_on_the_photo_path(files):
     assert labels.tolist() == skewed.labels[order[: len(labels)]].tolist()
     with pytest.raises(ConfigError, match="sample_weights must be 9 non-negative"):
         PhotoLoader(skewed, 3, size=16, augment=aug, mode="memory", seed=2, workers=1, sample_weights=weights[:-1])
+
+
+@pytest.fixture()
+def files_with_a_corrupt_body(files, tmp_path):
+    """The ``files`` set with one JPEG cut to a third: its header reads, its pixels do not."""
+    bad = tmp_path / "truncated.jpg"
+    data = Path(files.paths[0]).read_bytes()
+    bad.write_bytes(data[: len(data) // 3])
+    paths = [str(bad)] + files.paths[1:]
+    return PhotoFiles(paths, files.labels.clone(), files.classes)
+
+
+@pytest.mark.slow  # ~3 s: two worker processes start
+@pytest.mark.parametrize("mode", ["memory", "stream"])
+def test_a_corrupt_training_image_fails_in_one_line_or_is_skipped_with_skip_bad(files_with_a_corrupt_body, mode):
+    files = files_with_a_corrupt_body
+    aug = AugmentConfig(rrc_scale=[0.5, 1.0])
+    with pytest.raises(DataError) as failure:
+        with PhotoLoader(files, 4, size=16, augment=aug, mode=mode, seed=3, workers=2) as loader:
+            _batches(loader, 0)
+    message = str(failure.value)
+    assert "\n" not in message and "Traceback" not in message
+    assert message.startswith(files.paths[0]) and "--skip-bad" in message
+    with PhotoLoader(files, 4, size=16, augment=aug, mode=mode, seed=3, workers=2, skip_bad=True) as loader:
+        order = loader.order(0).tolist()
+        batches = _batches(loader, 0)
+        again = _batches(loader, 0)
+    expected = [files.labels[i].item() for i in order[: len(loader) * 4] if i != 0]
+    assert torch.cat([y for _, y in batches]).tolist() == expected  # the bad file's sample is dropped, no other
+    assert loader.skipped == {message.split("; fix")[0]}
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(batches, again))  # the same samples each time
+
+
+def test_evaluation_set_skips_a_corrupt_image_only_with_skip_bad(folder, tmp_path):
+    paths = sorted(str(p) for p in (folder / "val").rglob("*.jpg"))
+    bad = tmp_path / "truncated.jpg"
+    data = Path(paths[0]).read_bytes()
+    bad.write_bytes(data[: len(data) // 3])
+    labels = torch.tensor([0 if "/red/" in p else 1 for p in paths])
+    imageset = ImageSet(images=None, labels=labels, classes=["red", "blue"], source=str(folder),
+                        paths=[str(bad)] + paths[1:])
+    with pytest.raises(DataError, match="truncated.jpg.*--skip-bad"):
+        eval_imageset(imageset, 16, 0.875)
+    kept = eval_imageset(imageset, 16, 0.875, skip_bad=True)
+    assert len(kept) == len(paths) - 1 and kept.paths == paths[1:]
+    assert kept.labels.tolist() == labels[1:].tolist()

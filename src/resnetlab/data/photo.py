@@ -140,11 +140,15 @@ def _available_bytes() -> int:
 
 
 class _Samples(torch.utils.data.Dataset):
-    """Item ``(index, epoch, position)`` -> (normalized float (3, S, S), label); runs in a worker."""
+    """Item ``(index, epoch, position)`` -> (normalized float (3, S, S), label, problem); runs in a worker.
 
-    def __init__(self, files: PhotoFiles, cache: list[torch.Tensor] | None, cap: int, transform, erase,
-                 shift, scale, seed: int) -> None:
-        self.files, self.cache, self.cap = files, cache, cap
+    A file that cannot be decoded (a corrupt body behind a good header shows only now) gives a zero
+    image and its one-line problem instead of raising: an exception raised in a worker reaches the
+    user as a folded traceback, so the loader decides in this process (fail, or skip with ``--skip-bad``)."""
+
+    def __init__(self, files: PhotoFiles, cache: list[torch.Tensor | str] | None, cap: int, size: int, transform,
+                 erase, shift, scale, seed: int) -> None:
+        self.files, self.cache, self.cap, self.size = files, cache, cap, size
         self.transform, self.erase, self.shift, self.scale, self.seed = transform, erase, shift, scale, seed
 
     def __len__(self) -> int:
@@ -152,14 +156,24 @@ class _Samples(torch.utils.data.Dataset):
 
     def __getitem__(self, item):
         index, epoch, position = item
-        image = self.cache[index] if self.cache is not None else decode_capped(self.files.paths[index], self.cap)
+        image = self.cache[index] if self.cache is not None else _decode_or_problem(self.files.paths[index], self.cap)
+        if isinstance(image, str):
+            return torch.zeros(3, self.size, self.size), self.files.labels[index], image
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(mix_seed(self.seed, epoch, position, _SAMPLE))
             x = self.transform(image)
             x = x.float().sub_(self.shift[0]).mul_(self.scale[0])
             if self.erase is not None:  # on normalized values, so the erased box is mean-coloured (0)
                 x = self.erase(x)
-        return x, self.files.labels[index]
+        return x, self.files.labels[index], ""
+
+
+def _decode_or_problem(path: str, cap: int) -> torch.Tensor | str:
+    """:func:`decode_capped`, or the one-line reason it failed."""
+    try:
+        return decode_capped(path, cap)
+    except DataError as exc:
+        return str(exc)
 
 
 class _Decode(torch.utils.data.Dataset):
@@ -170,7 +184,7 @@ class _Decode(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, i):
-        return decode_capped(self.paths[i], self.cap)
+        return _decode_or_problem(self.paths[i], self.cap)
 
 
 class _Batches:
@@ -203,7 +217,7 @@ class PhotoLoader:
                  mode: str = "memory", device: str | torch.device = "cpu", seed: int = 0,
                  mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), rank: int = 0, world_size: int = 1,
                  drop_last: bool | None = True, channels_last: bool = False, workers: int | None = None,
-                 sample_weights: torch.Tensor | None = None) -> None:
+                 sample_weights: torch.Tensor | None = None, skip_bad: bool = False) -> None:
         from torchvision.transforms import v2
 
         if mode not in ("memory", "stream"):
@@ -217,7 +231,7 @@ class PhotoLoader:
         self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
         self.global_batch = batch_size * world_size
         self.drop_last = True if drop_last is None else drop_last
-        self.train = True
+        self.train, self.skip_bad, self.skipped = True, skip_bad, set()
         self.sample_weights = None if sample_weights is None else checked_sample_weights(sample_weights, len(files.paths))
         self.cap = round(self.size * CACHE_SIDE_FACTOR)
         self.mean, self.std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
@@ -240,9 +254,14 @@ class PhotoLoader:
         cache = None
         if mode == "memory":
             cache = decode_cache(files.paths, self.cap, workers)
-        self.cache_bytes = sum(t.numel() for t in cache) if cache is not None else 0
-        self._samples = _Samples(files, cache, self.cap, v2.Compose(steps), erase, shift.view(1, 3, 1, 1),
-                                 scale.view(1, 3, 1, 1), seed)
+            problems = [entry for entry in cache if isinstance(entry, str)]
+            if problems:
+                self._bad_files(problems)
+                if len(problems) == len(cache):
+                    raise DataError(f"{files.paths[0]} and the other {len(cache) - 1} training images: none can be decoded")
+        self.cache_bytes = sum(t.numel() for t in cache if not isinstance(t, str)) if cache is not None else 0
+        self._samples = _Samples(files, cache, self.cap, self.size, v2.Compose(steps), erase,
+                                 shift.view(1, 3, 1, 1), scale.view(1, 3, 1, 1), seed)
         self._batches = _Batches(self)
         stream_workers = workers if mode == "stream" else 0
         self._loader = torch.utils.data.DataLoader(
@@ -263,7 +282,13 @@ class PhotoLoader:
 
     def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self._batches.epoch, self._batches.start = epoch, start_batch
-        for k, (x, y) in enumerate(self._loader, start=start_batch):
+        for k, (x, y, problems) in enumerate(self._loader, start=start_batch):
+            if any(problems):  # the same files every epoch, so a resumed run drops the same samples
+                self._bad_files([p for p in problems if p])
+                keep = torch.tensor([i for i, p in enumerate(problems) if not p], dtype=torch.long)
+                if len(keep) == 0:
+                    raise DataError(f"{problems[0]}: every image of training batch {k} is bad; remove the bad files")
+                x, y = x[keep], y[keep]
             if self.mix is not None:
                 with torch.random.fork_rng(devices=[]):
                     torch.manual_seed(mix_seed(self.seed, epoch, k, _BATCH))
@@ -275,6 +300,16 @@ class PhotoLoader:
 
     def __iter__(self):
         return self.epoch(0)
+
+    def _bad_files(self, problems: list[str]) -> None:
+        """Fail on the first problem, or with ``skip_bad`` warn once per file and go on without it."""
+        if not self.skip_bad:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise DataError(f"{problems[0]}{more}; fix or remove it, or pass --skip-bad to skip bad files")
+        new = [p for p in problems if p not in self.skipped]
+        self.skipped.update(new)
+        for problem in new:
+            log.warning("skipped a training image: %s", problem)
 
     def close(self) -> None:
         """Stop the stream mode's persistent workers now (they would otherwise live until collected)."""
@@ -313,16 +348,17 @@ def default_workers() -> int:
     return max(1, cores)
 
 
-def decode_cache(paths: list[str], cap: int, workers: int) -> list[torch.Tensor]:
-    """The capped uint8 (3, h, w) tensor of every file, decoded by ``workers`` processes."""
+def decode_cache(paths: list[str], cap: int, workers: int) -> list[torch.Tensor | str]:
+    """The capped uint8 (3, h, w) tensor of every file, decoded by ``workers`` processes; a file that
+    cannot be decoded gives its one-line problem instead."""
     if workers <= 1 or len(paths) < 64:
-        return [decode_capped(p, cap) for p in paths]
+        return [_decode_or_problem(p, cap) for p in paths]
     loader = torch.utils.data.DataLoader(_Decode(paths, cap), batch_size=None, num_workers=workers,
                                          worker_init_fn=_worker_init, prefetch_factor=8)
     return list(loader)
 
 
-def eval_imageset(imageset: ImageSet, size: int, crop_pct: float) -> ImageSet:
+def eval_imageset(imageset: ImageSet, size: int, crop_pct: float, skip_bad: bool = False) -> ImageSet:
     """``imageset`` decoded again from its files with the evaluation geometry every consumer applies
     (``imaging.fit`` with ``crop_pct``, through the very function predict and serve call); unchanged
     when its files are not on disk (an archive, arrays)."""
@@ -333,10 +369,20 @@ def eval_imageset(imageset: ImageSet, size: int, crop_pct: float) -> ImageSet:
         if imageset.files_only:
             raise DataError(f"{imageset.source}: its image files are no longer there to decode")
         return imageset
-    arrays = [image_to_array(p, (size, size), name=p, crop_pct=crop_pct) for p in files.paths]
-    return ImageSet(images=torch.from_numpy(np.stack(arrays)), labels=imageset.labels.clone(),
+    arrays, kept = [], []
+    for i, path in enumerate(files.paths):
+        try:
+            arrays.append(image_to_array(path, (size, size), name=path, crop_pct=crop_pct))
+            kept.append(i)
+        except DataError as exc:  # a corrupt body behind a good header shows only when decoded
+            if not skip_bad:
+                raise DataError(f"{exc}; fix or remove it, or pass --skip-bad to skip bad files") from None
+            log.warning("skipped an evaluation image: %s", exc)
+    if not arrays:
+        raise DataError(f"{imageset.source}: none of the {len(files.paths)} evaluation images can be decoded")
+    return ImageSet(images=torch.from_numpy(np.stack(arrays)), labels=imageset.labels[kept].clone(),
                     classes=list(imageset.classes), mean=imageset.mean, std=imageset.std, source=imageset.source,
-                    paths=list(imageset.paths))
+                    paths=[imageset.paths[i] for i in kept])
 
 
 def for_model(imageset: ImageSet, meta) -> ImageSet:
@@ -437,11 +483,12 @@ def build_loaders(cfg, splits, raw, image_size, *, device, rank: int, world_size
         train_loader = PhotoLoader(files, cfg.batch_size // world_size, size=image_size[0], augment=augment,
                                    mode=mode, device=device, seed=cfg.seed, mean=mean, std=std, rank=rank,
                                    world_size=world_size, drop_last=cfg.drop_last,
-                                   channels_last=cfg.model.channels_last, sample_weights=sample_weights)
+                                   channels_last=cfg.model.channels_last, sample_weights=sample_weights,
+                                   skip_bad=cfg.data.skip_bad)
         raw.meta.crop_pct = crop_pct
         val_loader = None
         if splits.val is not None and len(splits.val) > 0:
-            val_set = eval_imageset(splits.val, image_size[0], crop_pct)
+            val_set = eval_imageset(splits.val, image_size[0], crop_pct, skip_bad=cfg.data.skip_bad)
             if splits.val.files_only:  # decoded once: the final report and its temperature fit reuse it
                 splits.val = val_set
             val_loader = DeviceLoader(val_set, cfg.eval_batch_size, train=False, device=device, seed=cfg.seed,
