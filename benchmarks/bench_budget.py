@@ -8,6 +8,10 @@ Writes OUT/budget.json (one row per run: budget, seed, plan, predicted and wall 
 validation accuracy with the recipe's TTA, peak RSS; then per budget mean, std and the 95% t interval)
 and OUT/budget.png (accuracy against budget, with the intervals). Run it on a quiet machine: the
 probe measures the machine as it is, so other jobs change the plan.
+
+``--record`` also runs the record recipe once (airbench94_muon ported into the engine: widths
+64/256/256, batch 2000 in one pass, 8 epochs, lr 1.66; the precision the budgeted runs use, bf16 where
+native) and plots its single point beside the budgets, on the same machine.
 """
 
 from __future__ import annotations
@@ -43,6 +47,24 @@ def run_one(recipe: str, data: str, budget: str, seed: int, run_dir: Path) -> di
             "split": summary.get("test_split"), "stopped_early": summary.get("stopped_early"), "peak_rss_mb": summary.get("peak_rss_mb")}
 
 
+# airbench94_muon's recipe in the engine (benchmarks/speed.md, "The record recipe"), at the budgeted
+# runs' precision so that the plot compares recipes, not arithmetic.
+RECORD_OVERRIDES = ["--epochs", "8", "--batch-size", "2000", "--set", "model.options.widths=[64,256,256]",
+                    "--set", "micro_batch=null", "--set", "eval_batch_size=2000", "--set", "optim.lr=1.66"]
+
+
+def run_record(recipe: str, data: str, seed: int, run_dir: Path) -> dict:
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "resnetlab", "train", "--recipe", recipe, "--data", data, "--seed", str(seed),
+                           "--run-dir", str(run_dir), *RECORD_OVERRIDES], capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        return {"seed": seed, "error": done.stderr.strip().splitlines()[-1:]}
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return {"seed": seed, "overrides": " ".join(RECORD_OVERRIDES), "wall_s": round(wall, 1), "accuracy": summary.get("test_acc"),
+            "split": summary.get("test_split"), "peak_rss_mb": summary.get("peak_rss_mb")}
+
+
 def cpu_description() -> str:
     """``lscpu``'s model name and the flags that decide the plan table (bf16 or fp32 CPU)."""
     try:
@@ -55,7 +77,7 @@ def cpu_description() -> str:
     return f"{model}, {len(os.sched_getaffinity(0))} cores, {' '.join(shown)}"
 
 
-def plot(rows: list[dict], per_budget: dict) -> bytes:
+def plot(rows: list[dict], per_budget: dict, record: dict | None = None) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -69,7 +91,10 @@ def plot(rows: list[dict], per_budget: dict) -> bytes:
     errors = [[100 * (per_budget[b]["mean"] - per_budget[b]["interval"][0]) if per_budget[b]["interval"] else 0 for b in per_budget],
               [100 * (per_budget[b]["interval"][1] - per_budget[b]["mean"]) if per_budget[b]["interval"] else 0 for b in per_budget]]
     ax.errorbar(xs, means, yerr=errors, fmt="o-", color="#2563eb", capsize=3, label="mean, 95% t interval")
-    ax.set_xlabel("budget (minutes, everything included)")
+    if record and record.get("accuracy") is not None:
+        ax.scatter([record["wall_s"] / 60], [100 * record["accuracy"]], marker="*", s=120, color="#dc2626", zorder=3,
+                   label="record recipe (airbench94_muon port), 8 epochs, one seed")
+    ax.set_xlabel("budget; for the record, its wall time (minutes, everything included)")
     ax.set_ylabel("validation accuracy with TTA (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -84,33 +109,42 @@ def main() -> int:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--out", required=True)
     parser.add_argument("--merge", help="an earlier budget.json from this machine: its runs join this run's table and plot")
+    parser.add_argument("--record", action="store_true", help="also run the record recipe once (seed 0) for its point")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows, budgets = [], args.budgets.split(",")
+    new_budgets = [b for b in args.budgets.split(",") if b]  # "" with --record: the record point only
+    rows, budgets = [], list(new_budgets)
+    record = None
     if args.merge:  # budgets measured in an earlier session on the same kind of machine
         earlier = json.loads(Path(args.merge).read_text())
-        rows = [r for r in earlier["rows"] if r["budget"] not in budgets]
+        rows = [r for r in earlier["rows"] if r["budget"] not in new_budgets]
+        record = earlier.get("record")
         budgets = sorted({r["budget"] for r in rows} | set(budgets), key=parse_duration)
-    for budget in args.budgets.split(","):
+    for budget in new_budgets:
         for seed in (int(s) for s in args.seeds.split(",")):
             row = run_one(args.recipe, args.data, budget, seed, out / f"run-{budget}-seed{seed}")
             print(json.dumps(row), flush=True)
             rows.append(row)
+    if args.record:
+        record = run_record(args.recipe, args.data, 0, out / "run-record-seed0")
+        print(json.dumps({"record": record}), flush=True)
     per_budget = {}
     for budget in budgets:
         accs = [r["accuracy"] for r in rows if r["budget"] == budget and r.get("accuracy") is not None]
         walls = [r["wall_over_budget"] for r in rows if r["budget"] == budget and "wall_over_budget" in r]
         if accs:
             per_budget[budget] = {**t_interval(accs), "max_wall_over_budget": max(walls)}
-    result = {"machine": cpu_description(), "recipe": args.recipe, "rows": rows, "per_budget": per_budget}
+    result = {"machine": cpu_description(), "recipe": args.recipe, "rows": rows, "per_budget": per_budget, "record": record}
     (out / "budget.json").write_text(json.dumps(result, indent=2) + "\n")
     if per_budget:
-        (out / "budget.png").write_bytes(plot(rows, per_budget))
+        (out / "budget.png").write_bytes(plot(rows, per_budget, record))
     for budget, stats in per_budget.items():
         interval = stats["interval"] or [stats["mean"]] * 2
         print(f"{budget}: {100 * stats['mean']:.2f}% (95% CI {100 * interval[0]:.2f}-{100 * interval[1]:.2f}, n={stats['n']}), "
               f"worst wall/budget {stats['max_wall_over_budget']:.3f}")
+    if record and record.get("accuracy") is not None:
+        print(f"record recipe: {100 * record['accuracy']:.2f}% in {record['wall_s']:.0f} s")
     return 0
 
 
