@@ -127,8 +127,10 @@ def main() -> int:
             print(json.dumps(row), flush=True)
             rows.append(row)
     if args.record:
-        record = run_record(args.recipe, args.data, 0, out / "run-record-seed0")
-        print(json.dumps({"record": record}), flush=True)
+        measured = run_record(args.recipe, args.data, 0, out / "run-record-seed0")
+        print(json.dumps({"record": measured}), flush=True)
+        if measured.get("accuracy") is not None or record is None:  # a failed run keeps a merged good point
+            record = measured
     per_budget = {}
     for budget in budgets:
         accs = [r["accuracy"] for r in rows if r["budget"] == budget and r.get("accuracy") is not None]
@@ -137,7 +139,7 @@ def main() -> int:
             per_budget[budget] = {**t_interval(accs), "max_wall_over_budget": max(walls)}
     result = {"machine": cpu_description(), "recipe": args.recipe, "rows": rows, "per_budget": per_budget, "record": record}
     (out / "budget.json").write_text(json.dumps(result, indent=2) + "\n")
-    if per_budget:
+    if per_budget or (record and record.get("accuracy") is not None):
         (out / "budget.png").write_bytes(plot(rows, per_budget, record))
     for budget, stats in per_budget.items():
         interval = stats["interval"] or [stats["mean"]] * 2

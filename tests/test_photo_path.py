@@ -60,6 +60,8 @@ def test_cache_keeps_aspect_and_caps_shorter_side(tmp_path):
     (tmp_path / "bad.jpg").write_bytes(b"not an image")
     with pytest.raises(DataError, match="bad.jpg"):
         decode_capped(str(tmp_path / "bad.jpg"), 20)
+    with pytest.raises(DataError, match=r"^.*gone\.jpg: cannot be read"):  # removed after the folder was read
+        decode_capped(str(tmp_path / "gone.jpg"), 20)
 
 
 def test_random_resized_crop_is_seeded_and_differs_across_epochs(files):
@@ -331,9 +333,14 @@ def test_a_corrupt_training_image_fails_in_one_line_or_is_skipped_with_skip_bad(
         order = loader.order(0).tolist()
         batches = _batches(loader, 0)
         again = _batches(loader, 0)
-    expected = [files.labels[i].item() for i in order[: len(loader) * 4] if i != 0]
-    assert torch.cat([y for _, y in batches]).tolist() == expected  # the bad file's sample is dropped, no other
-    assert loader.skipped == {message.split("; fix")[0]}
+    # The bad file's sample is replaced by the next file in the folder's order: same batch sizes.
+    assert [len(y) for _, y in batches] == [4] * len(loader)
+    expected = [files.labels[1 if i == 0 else i].item() for i in order[: len(loader) * 4]]
+    assert torch.cat([y for _, y in batches]).tolist() == expected
+    assert loader.skipped == {0}
+    shown = torch.cat([x for x, _ in batches])
+    replaced = [p for p, i in enumerate(order[: len(shown)]) if i == 0]
+    assert replaced and all(shown[p].abs().sum() > 0 for p in replaced)  # a real image, not the zero placeholder
     assert all(torch.equal(a[0], b[0]) for a, b in zip(batches, again))  # the same samples each time
 
 
@@ -350,3 +357,28 @@ def test_evaluation_set_skips_a_corrupt_image_only_with_skip_bad(folder, tmp_pat
     kept = eval_imageset(imageset, 16, 0.875, skip_bad=True)
     assert len(kept) == len(paths) - 1 and kept.paths == paths[1:]
     assert kept.labels.tolist() == labels[1:].tolist()
+
+
+@pytest.mark.slow  # ~10-20 s on 2 shared cores: two real CLI processes with stream workers
+def test_cli_reports_corrupt_photos_in_one_line_and_skip_bad_finishes_the_run(tmp_path):
+    root = _photo_folder(tmp_path / "data", per_class=6, seed=4)
+    for bad in (root / "train" / "red" / "2.jpg", root / "val" / "blue" / "1.jpg"):
+        data = bad.read_bytes()
+        bad.write_bytes(data[: len(data) // 3])  # the header reads, the body does not
+    command = [sys.executable, "-m", "resnetlab", "train", "--model", "resnet20", "--data", str(root), "--image-size", "16",
+               "--max-steps", "3", "--batch-size", "4", "--device", "cpu", "--data-mode", "stream",
+               "--set", "eval_report=false"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    failed = subprocess.run(command + ["--run-dir", str(tmp_path / "fails")], capture_output=True, text=True, env=env,
+                            timeout=300, start_new_session=True)
+    assert failed.returncode != 0
+    error = failed.stderr.strip().splitlines()[-1]
+    assert error.startswith("resnetlab: error: ") and ".jpg: " in error and "truncated" in error and "--skip-bad" in error
+    assert "Traceback" not in failed.stderr
+    done = subprocess.run(command + ["--skip-bad", "--run-dir", str(tmp_path / "skips")], capture_output=True, text=True,
+                          env=env, timeout=300, start_new_session=True)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "val/blue/1.jpg" in done.stderr and "skipped an evaluation image" in done.stderr
+    assert "train/red/2.jpg" in done.stderr and "skipped a training image" in done.stderr
+    summary = json.loads((tmp_path / "skips" / "summary.json").read_text())
+    assert summary["test_split"] == "val" and summary["test_acc"] is not None

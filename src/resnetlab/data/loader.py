@@ -41,11 +41,12 @@ def checked_sample_weights(sample_weights, n: int) -> torch.Tensor:
     return weights
 
 
-def shuffled_order(n: int, seed: int, epoch: int, sample_weights: torch.Tensor | None = None) -> torch.Tensor:
+def shuffled_order(n: int, seed: int, epoch: int, sample_weights: torch.Tensor | None = None,
+                   stream: int = _ORDER) -> torch.Tensor:
     """One epoch's n dataset indices: a seeded permutation, or with ``sample_weights`` a seeded draw
     with replacement (balanced sampling). Shared by every training loader, so ``class_balance:
-    sampler`` means the same on each data path."""
-    g = torch.Generator().manual_seed(mix_seed(seed, epoch, _ORDER))
+    sampler`` means the same on each data path; ``stream`` is the loader's own mix_seed id."""
+    g = torch.Generator().manual_seed(mix_seed(seed, epoch, stream))
     if sample_weights is not None:
         return torch.multinomial(sample_weights, n, replacement=True, generator=g)
     return torch.randperm(n, generator=g)

@@ -46,8 +46,11 @@ MODES = ("auto", "memory", "stream")
 CACHE_SIDE_FACTOR = 1.15
 # ``auto`` streams when the decoded cache would take more than this share of the available memory.
 MEMORY_SHARE = 0.5
+# With --skip-bad a training sample whose file cannot be decoded is replaced by the next decodable
+# file; this many bad files in a row end the run instead.
+SUBSTITUTE_TRIES = 100
 # Stream ids for mix_seed (the loader's own 0-3 are for DeviceLoader's streams).
-_SAMPLE, _BATCH = 11, 12  # the epoch order's stream is the loaders' shared one (loader.shuffled_order)
+_ORDER, _SAMPLE, _BATCH = 10, 11, 12
 
 
 @dataclass
@@ -87,8 +90,8 @@ def decode_capped(path: str, side: int) -> torch.Tensor:
             image.load()
             image = imaging.cap_shorter(imaging.to_rgb(imaging.oriented(image)), side)
             array = np.asarray(image, dtype=np.uint8)
-    except imaging.ImageError:
-        raise
+    except imaging.ImageError as exc:  # some say what is wrong but leave naming the file to the caller
+        raise type(exc)(str(exc) if str(exc).startswith(path) else f"{path}: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - PIL raises many kinds; one line says which file
         raise DataError(f"{path}: cannot be decoded ({exc})") from None
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
@@ -140,32 +143,48 @@ def _available_bytes() -> int:
 
 
 class _Samples(torch.utils.data.Dataset):
-    """Item ``(index, epoch, position)`` -> (normalized float (3, S, S), label, problem); runs in a worker.
+    """Item ``(index, epoch, position)`` -> (normalized float (3, S, S), label, index, problem); runs in a worker.
 
-    A file that cannot be decoded (a corrupt body behind a good header shows only now) gives a zero
-    image and its one-line problem instead of raising: an exception raised in a worker reaches the
-    user as a folded traceback, so the loader decides in this process (fail, or skip with ``--skip-bad``)."""
+    A file that cannot be decoded (a corrupt body behind a good header shows only now) is reported as
+    ``problem`` instead of raised: an exception raised in a worker reaches the user as a folded
+    traceback, so the loader decides in its own process. Without ``skip_bad`` the sample is a zero
+    image the loader refuses; with it, the next decodable file in the folder's order takes its place,
+    so every batch keeps its size (DDP ranks stay equal, compiled shapes stay fixed) and, the bad
+    files being the same each time, a resumed run sees the same samples."""
 
     def __init__(self, files: PhotoFiles, cache: list[torch.Tensor | str] | None, cap: int, size: int, transform,
-                 erase, shift, scale, seed: int) -> None:
-        self.files, self.cache, self.cap, self.size = files, cache, cap, size
+                 erase, shift, scale, seed: int, skip_bad: bool = False) -> None:
+        self.files, self.cache, self.cap, self.size, self.skip_bad = files, cache, cap, size, skip_bad
         self.transform, self.erase, self.shift, self.scale, self.seed = transform, erase, shift, scale, seed
 
     def __len__(self) -> int:
         return len(self.files.paths)
 
+    def _image(self, index: int) -> torch.Tensor | str:
+        return self.cache[index] if self.cache is not None else _decode_or_problem(self.files.paths[index], self.cap)
+
     def __getitem__(self, item):
         index, epoch, position = item
-        image = self.cache[index] if self.cache is not None else _decode_or_problem(self.files.paths[index], self.cap)
+        image, problem, used = self._image(index), "", index
         if isinstance(image, str):
-            return torch.zeros(3, self.size, self.size), self.files.labels[index], image
+            problem = image
+            if not self.skip_bad:
+                return torch.zeros(3, self.size, self.size), self.files.labels[index], index, problem
+            for step in range(1, min(len(self), SUBSTITUTE_TRIES + 1)):
+                used = (index + step) % len(self)
+                image = self._image(used)
+                if not isinstance(image, str):
+                    break
+            else:
+                return torch.zeros(3, self.size, self.size), self.files.labels[index], index, \
+                    f"{problem}, and the next {SUBSTITUTE_TRIES} files cannot be decoded either"
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(mix_seed(self.seed, epoch, position, _SAMPLE))
             x = self.transform(image)
             x = x.float().sub_(self.shift[0]).mul_(self.scale[0])
             if self.erase is not None:  # on normalized values, so the erased box is mean-coloured (0)
                 x = self.erase(x)
-        return x, self.files.labels[index], ""
+        return x, self.files.labels[used], index, problem
 
 
 def _decode_or_problem(path: str, cap: int) -> torch.Tensor | str:
@@ -254,14 +273,14 @@ class PhotoLoader:
         cache = None
         if mode == "memory":
             cache = decode_cache(files.paths, self.cap, workers)
-            problems = [entry for entry in cache if isinstance(entry, str)]
-            if problems:
-                self._bad_files(problems)
-                if len(problems) == len(cache):
+            bad = {i: entry for i, entry in enumerate(cache) if isinstance(entry, str)}
+            if bad:
+                self._bad_files(bad)
+                if len(bad) == len(cache):
                     raise DataError(f"{files.paths[0]} and the other {len(cache) - 1} training images: none can be decoded")
         self.cache_bytes = sum(t.numel() for t in cache if not isinstance(t, str)) if cache is not None else 0
         self._samples = _Samples(files, cache, self.cap, self.size, v2.Compose(steps), erase,
-                                 shift.view(1, 3, 1, 1), scale.view(1, 3, 1, 1), seed)
+                                 shift.view(1, 3, 1, 1), scale.view(1, 3, 1, 1), seed, skip_bad)
         self._batches = _Batches(self)
         stream_workers = workers if mode == "stream" else 0
         self._loader = torch.utils.data.DataLoader(
@@ -278,17 +297,13 @@ class PhotoLoader:
         return full + (1 if rest > self.rank * self.batch_size else 0)
 
     def order(self, epoch: int) -> torch.Tensor:
-        return shuffled_order(len(self.files.paths), self.seed, epoch, self.sample_weights)
+        return shuffled_order(len(self.files.paths), self.seed, epoch, self.sample_weights, stream=_ORDER)
 
     def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self._batches.epoch, self._batches.start = epoch, start_batch
-        for k, (x, y, problems) in enumerate(self._loader, start=start_batch):
-            if any(problems):  # the same files every epoch, so a resumed run drops the same samples
-                self._bad_files([p for p in problems if p])
-                keep = torch.tensor([i for i, p in enumerate(problems) if not p], dtype=torch.long)
-                if len(keep) == 0:
-                    raise DataError(f"{problems[0]}: every image of training batch {k} is bad; remove the bad files")
-                x, y = x[keep], y[keep]
+        for k, (x, y, indices, problems) in enumerate(self._loader, start=start_batch):
+            if any(problems):  # with skip_bad the worker already put a decodable file in its place
+                self._bad_files({int(i): p for i, p in zip(indices, problems) if p}, in_batch=True)
             if self.mix is not None:
                 with torch.random.fork_rng(devices=[]):
                     torch.manual_seed(mix_seed(self.seed, epoch, k, _BATCH))
@@ -301,15 +316,19 @@ class PhotoLoader:
     def __iter__(self):
         return self.epoch(0)
 
-    def _bad_files(self, problems: list[str]) -> None:
-        """Fail on the first problem, or with ``skip_bad`` warn once per file and go on without it."""
+    def _bad_files(self, problems: dict[int, str], in_batch: bool = False) -> None:
+        """``problems`` (file index -> one line): fail on the first, or with ``skip_bad`` warn once per
+        file and go on (a worker has replaced it; a worker that found no replacement ends the run)."""
+        first = next(iter(problems.values()))
         if not self.skip_bad:
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-            raise DataError(f"{problems[0]}{more}; fix or remove it, or pass --skip-bad to skip bad files")
-        new = [p for p in problems if p not in self.skipped]
-        self.skipped.update(new)
-        for problem in new:
-            log.warning("skipped a training image: %s", problem)
+            raise DataError(f"{first}{more}; fix or remove it, or pass --skip-bad to skip bad files")
+        if in_batch and any("cannot be decoded either" in p for p in problems.values()):
+            raise DataError(next(p for p in problems.values() if "cannot be decoded either" in p))
+        for index, problem in problems.items():
+            if index not in self.skipped:
+                self.skipped.add(index)
+                log.warning("skipped a training image (the next decodable file takes its place): %s", problem)
 
     def close(self) -> None:
         """Stop the stream mode's persistent workers now (they would otherwise live until collected)."""
@@ -385,13 +404,13 @@ def eval_imageset(imageset: ImageSet, size: int, crop_pct: float, skip_bad: bool
                     paths=[imageset.paths[i] for i in kept])
 
 
-def for_model(imageset: ImageSet, meta) -> ImageSet:
+def for_model(imageset: ImageSet, meta, skip_bad: bool = False) -> ImageSet:
     """What evaluate feeds a model: ``imageset`` as is for crop_pct 1.0 (decoded at the model's size), else
     re-fitted from its files with the model's recorded ``crop_pct``."""
     crop_pct = float(getattr(meta, "crop_pct", 1.0) or 1.0)
     if crop_pct == 1.0 and not imageset.files_only:
         return imageset
-    return eval_imageset(imageset, int(meta.input_size[-1]), crop_pct)
+    return eval_imageset(imageset, int(meta.input_size[-1]), crop_pct, skip_bad=skip_bad)
 
 
 # Under auto, a folder whose images are all larger than this many times the train size (shorter side)

@@ -633,8 +633,10 @@ def _final_evaluation(context: TrainContext, model: nn.Module, test_set, split_n
         from resnetlab.data.photo import for_model
 
         # Files-only splits (photo path) are decoded now, at the model's evaluation geometry.
-        test_set = for_model(test_set, model.meta) if test_set.files_only else test_set
-        validation = for_model(validation, model.meta) if validation is not None and validation.files_only else validation
+        skip_bad = cfg.data.skip_bad
+        test_set = for_model(test_set, model.meta, skip_bad) if test_set.files_only else test_set
+        validation = (for_model(validation, model.meta, skip_bad) if validation is not None and validation.files_only
+                      else validation)
     except Exception as exc:  # noqa: BLE001 - the model is saved; say why there is no accuracy
         log.warning("warning: the %s split could not be decoded (%s); the model file is saved", split_name, _reason(exc))
         return None, _reason(exc)
@@ -688,7 +690,7 @@ def _first_batch(train_set, model: nn.Module, device: torch.device, cfg: TrainCo
     if train_set.files_only:  # decode just the images used here, at the train size
         from resnetlab.data.photo import eval_imageset
 
-        train_set = eval_imageset(train_set.subset(torch.arange(size)), cfg.data.image_size, 1.0)
+        train_set = eval_imageset(train_set.subset(torch.arange(size)), cfg.data.image_size, 1.0, skip_bad=cfg.data.skip_bad)
     loader = DeviceLoader(train_set, size, train=False, device=device, mean=model.meta.mean, std=model.meta.std,
                           channels_last=cfg.model.channels_last, resize_to=_train_size(cfg, train_set))
     x, _ = next(iter(loader.epoch(0)))
