@@ -382,3 +382,26 @@ def test_cli_reports_corrupt_photos_in_one_line_and_skip_bad_finishes_the_run(tm
     assert "train/red/2.jpg" in done.stderr and "skipped a training image" in done.stderr
     summary = json.loads((tmp_path / "skips" / "summary.json").read_text())
     assert summary["test_split"] == "val" and summary["test_acc"] is not None
+
+
+@pytest.mark.slow  # ~5 s: 600 tiny files decoded by two worker processes, in a child with few descriptors
+def test_worker_decodes_hold_no_descriptor_per_image(tmp_path):
+    for i in range(600):
+        Image.new("RGB", (12 + i % 7, 10), (i % 255, 0, 0)).save(tmp_path / f"{i}.png")
+    script = f"""
+import resource, sys
+resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+from pathlib import Path
+import torch
+from resnetlab.data.imageset import ImageSet
+from resnetlab.data.photo import decode_cache, eval_imageset
+paths = sorted(str(p) for p in Path({str(tmp_path)!r}).glob("*.png"))
+cache = decode_cache(paths, 8, 2)
+assert len(cache) == 600 and all(isinstance(t, torch.Tensor) for t in cache)
+val = ImageSet(images=None, labels=torch.zeros(600, dtype=torch.long), classes=["a"], source={str(tmp_path)!r}, paths=paths)
+assert tuple(eval_imageset(val, 8, 0.875, workers=2).images.shape) == (600, 8, 8, 3)
+print("ok")
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          start_new_session=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]

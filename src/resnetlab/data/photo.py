@@ -196,6 +196,8 @@ def _decode_or_problem(path: str, cap: int) -> torch.Tensor | str:
 
 
 class _Decode(torch.utils.data.Dataset):
+    """File i -> its capped cache tensor, or the one-line reason it cannot be decoded."""
+
     def __init__(self, paths: list[str], cap: int) -> None:
         self.paths, self.cap = paths, cap
 
@@ -204,6 +206,26 @@ class _Decode(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         return _decode_or_problem(self.paths[i], self.cap)
+
+
+class _EvalDecode(torch.utils.data.Dataset):
+    """File i -> uint8 (size, size, 3) at the evaluation geometry (the predict path's own function), or
+    the one-line reason it cannot be decoded."""
+
+    def __init__(self, paths: list[str], size: int, crop_pct: float) -> None:
+        self.paths, self.size, self.crop_pct = paths, size, crop_pct
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        from resnetlab.inference.preprocess import image_to_array
+
+        try:
+            array = image_to_array(self.paths[i], (self.size, self.size), name=self.paths[i], crop_pct=self.crop_pct)
+        except DataError as exc:  # a corrupt body behind a good header shows only when decoded
+            return str(exc)
+        return torch.from_numpy(array)
 
 
 class _Batches:
@@ -370,36 +392,46 @@ def default_workers() -> int:
 def decode_cache(paths: list[str], cap: int, workers: int) -> list[torch.Tensor | str]:
     """The capped uint8 (3, h, w) tensor of every file, decoded by ``workers`` processes; a file that
     cannot be decoded gives its one-line problem instead."""
-    if workers <= 1 or len(paths) < 64:
-        return [_decode_or_problem(p, cap) for p in paths]
-    loader = torch.utils.data.DataLoader(_Decode(paths, cap), batch_size=None, num_workers=workers,
-                                         worker_init_fn=_worker_init, prefetch_factor=8)
-    return list(loader)
+    return _decode_each(_Decode(paths, cap), workers)
 
 
-def eval_imageset(imageset: ImageSet, size: int, crop_pct: float, skip_bad: bool = False) -> ImageSet:
+def _decode_each(dataset: torch.utils.data.Dataset, workers: int) -> list:
+    """Every item of ``dataset`` in order, by ``workers`` processes when there are enough to pay for
+    starting them (a worker starts in ~1 s)."""
+    if workers <= 1 or len(dataset) < 64:
+        return [dataset[i] for i in range(len(dataset))]
+    loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers, worker_init_fn=_worker_init,
+                                         prefetch_factor=8)
+    # A tensor from a worker lives in shared memory behind an open file descriptor (torch's
+    # file_descriptor strategy) until it is freed: kept as they come, 20,000 images would need
+    # 20,000 descriptors (a common limit is 1,024). A private copy frees each one at once.
+    return [entry.clone() if isinstance(entry, torch.Tensor) else entry for entry in loader]
+
+
+def eval_imageset(imageset: ImageSet, size: int, crop_pct: float, skip_bad: bool = False,
+                  workers: int | None = None) -> ImageSet:
     """``imageset`` decoded again from its files with the evaluation geometry every consumer applies
-    (``imaging.fit`` with ``crop_pct``, through the very function predict and serve call); unchanged
-    when its files are not on disk (an archive, arrays)."""
-    from resnetlab.inference.preprocess import image_to_array
-
+    (``imaging.fit`` with ``crop_pct``, through the very function predict and serve call), by
+    ``workers`` processes (default one per core); unchanged when its files are not on disk (an
+    archive, arrays)."""
+    workers = workers if workers is not None else default_workers()
     files = PhotoFiles.from_imageset(imageset)
     if files is None:
         if imageset.files_only:
             raise DataError(f"{imageset.source}: its image files are no longer there to decode")
         return imageset
     arrays, kept = [], []
-    for i, path in enumerate(files.paths):
-        try:
-            arrays.append(image_to_array(path, (size, size), name=path, crop_pct=crop_pct))
+    for i, entry in enumerate(_decode_each(_EvalDecode(files.paths, size, crop_pct), workers)):
+        if not isinstance(entry, str):
+            arrays.append(entry)
             kept.append(i)
-        except DataError as exc:  # a corrupt body behind a good header shows only when decoded
-            if not skip_bad:
-                raise DataError(f"{exc}; fix or remove it, or pass --skip-bad to skip bad files") from None
-            log.warning("skipped an evaluation image: %s", exc)
+        elif not skip_bad:
+            raise DataError(f"{entry}; fix or remove it, or pass --skip-bad to skip bad files")
+        else:
+            log.warning("skipped an evaluation image: %s", entry)
     if not arrays:
         raise DataError(f"{imageset.source}: none of the {len(files.paths)} evaluation images can be decoded")
-    return ImageSet(images=torch.from_numpy(np.stack(arrays)), labels=imageset.labels[kept].clone(),
+    return ImageSet(images=torch.stack(arrays), labels=imageset.labels[kept].clone(),
                     classes=list(imageset.classes), mean=imageset.mean, std=imageset.std, source=imageset.source,
                     paths=[imageset.paths[i] for i in kept])
 
