@@ -405,3 +405,20 @@ print("ok")
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
                           start_new_session=True)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+def test_skip_bad_ends_the_run_when_no_nearby_file_can_replace_a_bad_one(files, tmp_path, monkeypatch):
+    import resnetlab.data.photo as photo
+
+    paths = list(files.paths)
+    for i in (0, 1):  # two bad files in a row, and only one replacement tried
+        bad = tmp_path / f"truncated{i}.jpg"
+        data = Path(paths[i]).read_bytes()
+        bad.write_bytes(data[: len(data) // 3])
+        paths[i] = str(bad)
+    monkeypatch.setattr(photo, "SUBSTITUTE_TRIES", 1)
+    loader = PhotoLoader(PhotoFiles(paths, files.labels.clone(), files.classes), 4, size=16,
+                         augment=AugmentConfig(rrc_scale=[0.5, 1.0]), mode="memory", seed=3, workers=1, skip_bad=True)
+    assert loader.skipped == {0, 1}
+    with pytest.raises(DataError, match=r"truncated[01]\.jpg.*and the next 1 files cannot be decoded either"):
+        _batches(loader, 0)

@@ -143,12 +143,14 @@ def _available_bytes() -> int:
 
 
 class _Samples(torch.utils.data.Dataset):
-    """Item ``(index, epoch, position)`` -> (normalized float (3, S, S), label, index, problem); runs in a worker.
+    """Item ``(index, epoch, position)`` -> (normalized float (3, S, S), label, index, problem, usable);
+    runs in a worker.
 
     A file that cannot be decoded (a corrupt body behind a good header shows only now) is reported as
     ``problem`` instead of raised: an exception raised in a worker reaches the user as a folded
     traceback, so the loader decides in its own process. Without ``skip_bad`` the sample is a zero
-    image the loader refuses; with it, the next decodable file in the folder's order takes its place,
+    image (``usable`` False) the loader refuses; with it, the next decodable file in the folder's
+    order takes its place,
     so every batch keeps its size (DDP ranks stay equal, compiled shapes stay fixed) and, the bad
     files being the same each time, a resumed run sees the same samples."""
 
@@ -169,7 +171,7 @@ class _Samples(torch.utils.data.Dataset):
         if isinstance(image, str):
             problem = image
             if not self.skip_bad:
-                return torch.zeros(3, self.size, self.size), self.files.labels[index], index, problem
+                return torch.zeros(3, self.size, self.size), self.files.labels[index], index, problem, False
             for step in range(1, min(len(self), SUBSTITUTE_TRIES + 1)):
                 used = (index + step) % len(self)
                 image = self._image(used)
@@ -177,14 +179,14 @@ class _Samples(torch.utils.data.Dataset):
                     break
             else:
                 return torch.zeros(3, self.size, self.size), self.files.labels[index], index, \
-                    f"{problem}, and the next {SUBSTITUTE_TRIES} files cannot be decoded either"
+                    f"{problem}, and the next {SUBSTITUTE_TRIES} files cannot be decoded either", False
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(mix_seed(self.seed, epoch, position, _SAMPLE))
             x = self.transform(image)
             x = x.float().sub_(self.shift[0]).mul_(self.scale[0])
             if self.erase is not None:  # on normalized values, so the erased box is mean-coloured (0)
                 x = self.erase(x)
-        return x, self.files.labels[used], index, problem
+        return x, self.files.labels[used], index, problem, True
 
 
 def _decode_or_problem(path: str, cap: int) -> torch.Tensor | str:
@@ -213,16 +215,17 @@ class _EvalDecode(torch.utils.data.Dataset):
     the one-line reason it cannot be decoded."""
 
     def __init__(self, paths: list[str], size: int, crop_pct: float) -> None:
-        self.paths, self.size, self.crop_pct = paths, size, crop_pct
+        from resnetlab.inference.preprocess import image_to_array  # here: inference imports this module
+
+        self.paths, self.size, self.crop_pct, self.image_to_array = paths, size, crop_pct, image_to_array
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i):
-        from resnetlab.inference.preprocess import image_to_array
-
         try:
-            array = image_to_array(self.paths[i], (self.size, self.size), name=self.paths[i], crop_pct=self.crop_pct)
+            array = self.image_to_array(self.paths[i], (self.size, self.size), name=self.paths[i],
+                                        crop_pct=self.crop_pct)
         except DataError as exc:  # a corrupt body behind a good header shows only when decoded
             return str(exc)
         return torch.from_numpy(array)
@@ -323,9 +326,10 @@ class PhotoLoader:
 
     def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self._batches.epoch, self._batches.start = epoch, start_batch
-        for k, (x, y, indices, problems) in enumerate(self._loader, start=start_batch):
+        for k, (x, y, indices, problems, usable) in enumerate(self._loader, start=start_batch):
             if any(problems):  # with skip_bad the worker already put a decodable file in its place
-                self._bad_files({int(i): p for i, p in zip(indices, problems) if p}, in_batch=True)
+                unusable = next((p for p, ok in zip(problems, usable.tolist()) if not ok), None)
+                self._bad_files({int(i): p for i, p in zip(indices, problems) if p}, unusable=unusable)
             if self.mix is not None:
                 with torch.random.fork_rng(devices=[]):
                     torch.manual_seed(mix_seed(self.seed, epoch, k, _BATCH))
@@ -338,15 +342,16 @@ class PhotoLoader:
     def __iter__(self):
         return self.epoch(0)
 
-    def _bad_files(self, problems: dict[int, str], in_batch: bool = False) -> None:
+    def _bad_files(self, problems: dict[int, str], unusable: str | None = None) -> None:
         """``problems`` (file index -> one line): fail on the first, or with ``skip_bad`` warn once per
-        file and go on (a worker has replaced it; a worker that found no replacement ends the run)."""
+        file and go on (a worker has replaced it); ``unusable``, a sample no file could replace, ends
+        the run."""
         first = next(iter(problems.values()))
         if not self.skip_bad:
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
             raise DataError(f"{first}{more}; fix or remove it, or pass --skip-bad to skip bad files")
-        if in_batch and any("cannot be decoded either" in p for p in problems.values()):
-            raise DataError(next(p for p in problems.values() if "cannot be decoded either" in p))
+        if unusable is not None:
+            raise DataError(unusable)
         for index, problem in problems.items():
             if index not in self.skipped:
                 self.skipped.add(index)
